@@ -118,7 +118,7 @@ def _wav_truncated(head:bytes, size:int) -> bool:
         cid, n = head[pos:pos+4], int.from_bytes(head[pos+4:pos+8], 'little')
         if cid == b'data': return n != 0xFFFFFFFF and pos + 8 + n > size
         pos += 8 + n + (n & 1)
-    return pos > size
+    return False   # no data chunk in the header: soundfile decides (and calls it undecodable)
 
 # %% ../nbs/00_corpus.ipynb #c014
 def decode_audio(src, # path, raw bytes, or a file-like object
@@ -269,6 +269,7 @@ def _expand(template:str, slots:dict, rng:np.random.Generator) -> str:
 
 def make_sentences(n:int, seed:int, ood:bool=False, exclude:set=frozenset()) -> list[str]:
     "`n` distinct normalised sentences (2–8 words) from the command (or out-of-domain) grammar."
+    if n <= 0: return []
     rng = np.random.default_rng(seed)
     templates, slots = (_OOD_TEMPLATES, _OOD_SLOTS) if ood else (_COMMANDS, _SLOTS)
     out, seen = [], set(exclude)
