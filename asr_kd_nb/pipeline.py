@@ -227,6 +227,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument('--fraction', type=float, required=True, help='data fraction, e.g. 0.3')
     s.add_argument('--storage', help='Optuna storage URL (sqlite:///..., postgresql://user:pw@host/db); default: the config\'s')
     s.add_argument('--n-trials', type=int, help='completed trials the study should reach (all workers together)')
+    s.add_argument('--objective', help="scorer factory 'module:function' (default: the KD objective; "
+                                       "asr_kd_nb.search:dry_run_scorer checks a storage/worker setup without training)")
+    s.add_argument('--no-export', action='store_true', help='do not write search/frac-X/ (trials.csv, best.json, figures)')
     b = sub.add_parser('bench', help='print performance figures (clustering, kd)')
     b.add_argument('what', choices=['clustering', 'kd'], help='which benchmark')
     b.add_argument('--run-dir', help='run directory (kd: uses its teacher and cache)')
@@ -252,7 +255,7 @@ def main(argv:list|None=None) -> int:
             return 0
         if a.cmd == 'search':
             from asr_kd_nb.search import search_worker
-            search_worker(a.run_dir, a.fraction, a.storage, a.n_trials); return 0
+            search_worker(a.run_dir, a.fraction, a.storage, a.n_trials, a.objective, export=not a.no_export); return 0
         if a.cmd == 'bench':
             if a.what == 'clustering':
                 from asr_kd_nb.clustering import bench_clustering

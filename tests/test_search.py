@@ -1,0 +1,149 @@
+"""Reliability of the hyperparameter search (asr_kd_nb.search): resume after a killed worker, several workers on one local
+study, and workers sharing a real PostgreSQL server. Workers are real subprocesses running the worker command
+(`asr_kd_nb.search.worker_main`) with the dry-run scorer, so only the study machinery is exercised, not the KD training."""
+import glob, os, shutil, subprocess, sys, time
+from pathlib import Path
+import pandas as pd
+import pytest
+import optuna
+from optuna.trial import TrialState
+from asr_kd_nb.config import study_config, save_config
+from asr_kd_nb.search import default_storage, study_name, storage_url
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER = 'import sys; from asr_kd_nb.search import worker_main; sys.exit(worker_main())'
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+pytestmark = pytest.mark.filterwarnings('ignore::optuna.exceptions.ExperimentalWarning')
+
+
+def make_run(tmp_path, n_trials, **search):
+    "A run directory holding only a smoke config with a fast heartbeat."
+    cfg = {'n_trials': n_trials, 'pruner': 'none', 'heartbeat_interval': 1, 'grace_period': 3, 'poll_seconds': 0.5, **search}
+    save_config(study_config('smoke', {'search': cfg}, sections=['search']), tmp_path)
+    return tmp_path
+
+
+def start_worker(run_dir, storage, seconds, log):
+    "A worker process on the 1.0 study with the dry-run scorer (`seconds` per scored student)."
+    env = {**os.environ, 'ASR_KD_DRY_RUN_SECONDS': str(seconds)}
+    return subprocess.Popen([sys.executable, '-c', WORKER, '--run-dir', str(run_dir), '--fraction', '1.0', '--storage', storage,
+                             '--objective', 'asr_kd_nb.search:dry_run_scorer'],
+                            env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+
+
+def load(storage):
+    return optuna.load_study(study_name=study_name(1.0), storage=storage_url(storage))
+
+
+def wait_all(procs, timeout, logs):
+    t0 = time.time()
+    for p in procs:
+        try: p.wait(timeout=max(1, timeout - (time.time() - t0)))
+        except subprocess.TimeoutExpired:
+            for q in procs: q.kill()
+            pytest.fail('workers did not finish in time; logs:\n' + '\n'.join(Path(l).read_text()[-3000:] for l in logs))
+    for p, l in zip(procs, logs):
+        assert p.returncode == 0, f'worker exited with {p.returncode}:\n{Path(l).read_text()[-3000:]}'
+
+
+def check_exactly_n(study, n, workers_min=1):
+    "Exactly n completed trials, numbers unique and contiguous, every result present, paper configurations enqueued once."
+    trials = study.get_trials(deepcopy=False)
+    states = [t.state for t in trials]
+    assert states.count(TrialState.COMPLETE) == n, [s.name for s in states]
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    numbers = [t.number for t in trials]
+    assert sorted(numbers) == list(range(len(trials))), numbers
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    for t in done:
+        assert t.value is not None and len(t.user_attrs['cers']) == 4 and sorted(t.intermediate_values) == [0, 1, 2, 3]
+    labels = [t.user_attrs['enqueued'] for t in done if 'enqueued' in t.user_attrs]
+    assert labels == ['paper-best-1.0', 'paper-best-0.7', 'paper-best-0.5', 'paper-best-0.3'][:min(4, n)], labels
+    assert len({t.user_attrs['worker'] for t in done}) >= workers_min
+    return done
+
+
+def test_resume_after_kill(tmp_path):
+    "kill -9 mid-trial; a restarted worker keeps finished trials, fails the dead one by heartbeat, retries it, reaches N."
+    n = 6
+    run = make_run(tmp_path/'run', n)
+    url = default_storage(run)
+    logs = [tmp_path/'w1.log', tmp_path/'w2.log']
+    p = start_worker(run, url, 0.4, open(logs[0], 'w'))
+    t0, victim = time.time(), None
+    while time.time() - t0 < 90 and p.poll() is None:
+        time.sleep(0.2)
+        if not (run/'search'/'studies.db').exists(): continue
+        try: trials = load(url).get_trials(deepcopy=False)
+        except (KeyError, optuna.exceptions.StorageInternalError): continue
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        running = [t for t in trials if t.state == TrialState.RUNNING and len(t.intermediate_values) >= 1]
+        if len(done) >= 2 and running:
+            p.kill(); p.wait(); victim = running[0].number
+            before = {t.number: (t.value, t.params) for t in done}
+            break
+    assert victim is not None, 'the worker never had a trial running after two finished ones:\n' + logs[0].read_text()[-3000:]
+    time.sleep(0.5)
+    after_kill = load(url)
+    assert after_kill.trials[victim].state == TrialState.RUNNING          # nobody has noticed yet
+    p2 = start_worker(run, url, 0.4, open(logs[1], 'w'))
+    wait_all([p2], 150, logs)
+    study = load(url)
+    done = check_exactly_n(study, n)
+    for num, (value, params) in before.items():                         # finished before the kill: kept as they were
+        assert study.trials[num].state == TrialState.COMPLETE and (study.trials[num].value, study.trials[num].params) == (value, params)
+    dead = study.trials[victim]
+    assert dead.state == TrialState.FAIL and 'reason' not in dead.user_attrs   # failed by the heartbeat, not by an exception
+    retries = [t for t in done if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == victim]
+    assert len(retries) == 1 and retries[0].params == dead.params
+    df = pd.read_csv(run/'search'/'frac-1.00'/'trials.csv')
+    assert (df.state == 'COMPLETE').sum() == n and df.loc[df.number == retries[0].number, 'retried_from'].item() == victim
+    assert (run/'search'/'frac-1.00'/'best.json').exists()
+
+
+def test_three_workers_one_sqlite_study(tmp_path):
+    "3 workers started together on a fresh SQLite study finish exactly N trials, none duplicated or lost."
+    n = 9
+    run = make_run(tmp_path/'run', n)
+    url = default_storage(run)
+    logs = [tmp_path/f'w{i}.log' for i in range(3)]
+    procs = [start_worker(run, url, 0.25, open(l, 'w')) for l in logs]
+    wait_all(procs, 150, logs)
+    study = load(url)
+    check_exactly_n(study, n, workers_min=2)
+    assert len(study.trials) == n                                        # no failed or surplus trials either
+    assert len(pd.read_csv(run/'search'/'frac-1.00'/'trials.csv')) == n
+
+
+def _postgres_bins() -> bool:
+    return any(shutil.which(b) for b in ('initdb',)) or bool(glob.glob('/usr/lib/postgresql/*/bin/initdb'))
+
+
+@pytest.fixture
+def postgres_url(tmp_path):
+    "A PostgreSQL URL: $ASR_KD_PG_URL, else a throwaway server started with scripts/postgres.sh (skip only without binaries)."
+    if os.environ.get('ASR_KD_PG_URL'):
+        yield os.environ['ASR_KD_PG_URL']; return
+    if not _postgres_bins(): pytest.skip('no PostgreSQL server binaries (initdb) and no ASR_KD_PG_URL')
+    r = subprocess.run(['bash', str(REPO/'scripts'/'postgres.sh'), 'start'], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f'scripts/postgres.sh start failed ({r.returncode}):\n{r.stdout}\n{r.stderr}'
+    env = dict(line.removeprefix('export ').split('=', 1) for line in r.stdout.split('\n') if line.startswith('export '))
+    try: yield env['ASR_KD_PG_URL']
+    finally: subprocess.run(['bash', str(REPO/'scripts'/'postgres.sh'), 'stop', env['ASR_KD_PG_DIR']], timeout=60)
+
+
+def test_two_workers_postgresql(tmp_path, postgres_url):
+    "2 worker processes sharing a real PostgreSQL study finish exactly N trials, none duplicated or lost."
+    n = 6
+    try: optuna.delete_study(study_name=study_name(1.0), storage=storage_url(postgres_url))   # a reused server (ASR_KD_PG_URL)
+    except KeyError: pass
+    run = make_run(tmp_path/'run', n)
+    logs = [tmp_path/f'w{i}.log' for i in range(2)]
+    procs = [start_worker(run, postgres_url, 0.25, open(l, 'w')) for l in logs]
+    wait_all(procs, 150, logs)
+    study = load(postgres_url)
+    check_exactly_n(study, n, workers_min=2)
+    assert len(study.trials) == n
+    assert not (run/'search'/'studies.db').exists()                       # the study really lived in PostgreSQL
+    best = pd.read_json(run/'search'/'frac-1.00'/'best.json', typ='series')
+    assert best['storage'].startswith('postgresql') and best['counts']['COMPLETE'] == n
