@@ -27,7 +27,8 @@ class Stage:
 
 STAGES = [
     Stage('00_corpus', 'corpus', ('corpus/manifest.jsonl', 'corpus/ood_manifest.jsonl', 'corpus/report.json')),
-    Stage('01_clustering', 'clustering', ('clustering/embeddings.npy', 'clustering/labels.csv', 'clustering/sweep.json')),
+    Stage('01_clustering', 'clustering', ('clustering/embeddings.npy', 'clustering/labels.csv', 'clustering/sweep.json',
+                                          'clustering/chosen.json')),
     Stage('02_splits', 'splits', ('splits.json',)),
     Stage('03_teacher', 'teacher', ('teacher/teacher.json', 'cache/index.json')),
     Stage('04_conformer', 'conformer', ('conformer/summary.json',)),
