@@ -133,6 +133,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'asr_kd_nb.datasize._Memo.put': ('datasize.html#_memo.put', 'asr_kd_nb/datasize.py'),
                                     'asr_kd_nb.datasize._agreement_word': ('datasize.html#_agreement_word', 'asr_kd_nb/datasize.py'),
                                     'asr_kd_nb.datasize._clean': ('datasize.html#_clean', 'asr_kd_nb/datasize.py'),
+                                    'asr_kd_nb.datasize._default_style': ('datasize.html#_default_style', 'asr_kd_nb/datasize.py'),
                                     'asr_kd_nb.datasize._notebook_order': ('datasize.html#_notebook_order', 'asr_kd_nb/datasize.py'),
                                     'asr_kd_nb.datasize._run_job': ('datasize.html#_run_job', 'asr_kd_nb/datasize.py'),
                                     'asr_kd_nb.datasize._safe_ids': ('datasize.html#_safe_ids', 'asr_kd_nb/datasize.py'),
