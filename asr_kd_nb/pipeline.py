@@ -116,7 +116,7 @@ def _diff_keys(a:dict, b:dict, prefix='') -> list[str]:
 
 def prepare_run_dir(cfg:StudyConfig, run_dir, force:str|None=None) -> Path:
     "Create `run_dir` with `config.json`, or check that it holds the same config (`ConfigMismatch` otherwise)."
-    run_dir = Path(run_dir); p = run_dir/'config.json'
+    run_dir = Path(run_dir).resolve(); p = run_dir/'config.json'
     if p.exists():
         old, new = read_json(p), cfg.to_dict()
         common = set(old) & set(new)   # a section added since (a new stage) is not a change
