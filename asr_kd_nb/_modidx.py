@@ -213,6 +213,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'asr_kd_nb.pipeline.main': ('pipeline.html#main', 'asr_kd_nb/pipeline.py'),
                                     'asr_kd_nb.pipeline.nbs_dir': ('pipeline.html#nbs_dir', 'asr_kd_nb/pipeline.py'),
                                     'asr_kd_nb.pipeline.prepare_run_dir': ('pipeline.html#prepare_run_dir', 'asr_kd_nb/pipeline.py'),
+                                    'asr_kd_nb.pipeline.publish_results': ('pipeline.html#publish_results', 'asr_kd_nb/pipeline.py'),
                                     'asr_kd_nb.pipeline.render_readme': ('pipeline.html#render_readme', 'asr_kd_nb/pipeline.py'),
                                     'asr_kd_nb.pipeline.run_study': ('pipeline.html#run_study', 'asr_kd_nb/pipeline.py'),
                                     'asr_kd_nb.pipeline.stage_done': ('pipeline.html#stage_done', 'asr_kd_nb/pipeline.py'),

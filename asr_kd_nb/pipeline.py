@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_pipeline.ipynb #c001
 from __future__ import annotations
-import argparse, importlib, importlib.util, json, logging, os, sys, time
+import argparse, importlib, importlib.util, json, logging, os, re, sys, time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,9 +12,9 @@ from .config import (PRESETS, StudyConfig, study_config, save_config, read_json,
                               config_from_dict, _SECTIONS)
 
 # %% auto #0
-__all__ = ['STAGES', 'KERNEL', 'log', 'Stage', 'nbs_dir', 'available_stages', 'stage_fingerprint', 'stage_keys', 'stage_done',
-           'StageFailed', 'ensure_kernel', 'execute_stage', 'ConfigMismatch', 'prepare_run_dir', 'run_study',
-           'load_config_file', 'build_config', 'render_readme', 'write_readme', 'main']
+__all__ = ['STAGES', 'KERNEL', 'log', 'PUBLISHED', 'Stage', 'nbs_dir', 'available_stages', 'stage_fingerprint', 'stage_keys',
+           'stage_done', 'StageFailed', 'ensure_kernel', 'execute_stage', 'ConfigMismatch', 'prepare_run_dir',
+           'run_study', 'load_config_file', 'build_config', 'publish_results', 'render_readme', 'write_readme', 'main']
 
 # %% ../nbs/08_pipeline.ipynb #c006
 @dataclass(frozen=True)
@@ -188,13 +188,48 @@ def build_config(preset:str|None, config_file:str|None) -> StudyConfig:
     return study_config(preset or over.get('preset') or 'default', over)
 
 # %% ../nbs/08_pipeline.ipynb #c022
+PUBLISHED = ['report/*.png', 'clustering/umap.png', 'teacher/cer.png', 'kd/baseline.png', 'search/frac-1.00/history.png']
+
+def publish_results(run_dir, dest=None) -> Path:
+    "Copy a finished run's figures, `report/summary.json` and timings into `nbs/images/` with provenance."
+    import shutil, subprocess, glob
+    run_dir = Path(run_dir).resolve(); dest = Path(dest or nbs_dir()/'images')
+    if not (run_dir/'report'/'summary.json').exists(): raise FileNotFoundError(f'{run_dir}/report/summary.json is missing: finish the run first')
+    if dest.exists(): shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    files = []
+    for pat in PUBLISHED:
+        for f in sorted(glob.glob(str(run_dir/pat))):
+            name = Path(f).relative_to(run_dir).as_posix().replace('/', '_')
+            shutil.copy(f, dest/name); files.append(name)
+    cfg = read_json(run_dir/'config.json')
+    try: commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=nbs_dir()).stdout.strip()
+    except OSError: commit = ''
+    write_json(dest/'results.json', {'summary': read_json(run_dir/'report'/'summary.json'),
+        'timings': read_json(run_dir/'timings.json'), 'preset': cfg['preset'], 'figures': files, 'git_commit': commit,
+        'command': f"asr-kd run --preset {cfg['preset']} --run-dir {run_dir.name}",
+        'date': datetime.fromtimestamp((run_dir/'report'/'summary.json').stat().st_mtime, timezone.utc).strftime('%Y-%m-%d %H:%M UTC')})
+    return dest
+
+# %% ../nbs/08_pipeline.ipynb #c023
 def render_readme(index=None) -> str:
-    "Markdown of `nbs/index.ipynb` for README.md (front matter and hidden cells dropped)."
+    "README.md text: `nbs/index.ipynb` executed, cells flagged `echo: false` shown by their output only."
     import nbformat
+    from nbclient import NotebookClient
     from nbconvert import MarkdownExporter
-    nb = nbformat.read(str(index or nbs_dir()/'index.ipynb'), as_version=4)
-    nb.cells = [c for c in nb.cells if not c.source.lstrip().startswith('#| hide')]
-    body, _ = MarkdownExporter(exclude_output=False).from_notebook_node(nb)
+    index = Path(index or nbs_dir()/'index.ipynb')
+    nb = nbformat.read(str(index), as_version=4)
+    if any(c.cell_type == 'code' for c in nb.cells):
+        NotebookClient(nb, kernel_name=ensure_kernel(), resources={'metadata': {'path': str(index.parent)}}, timeout=600).execute()
+    cells = []
+    for c in nb.cells:
+        src = c.source.lstrip()
+        if src.startswith('#| hide'): continue
+        if c.cell_type == 'code' and '#| echo: false' in src: c.source = ''
+        cells.append(c)
+    nb.cells = cells
+    body, _ = MarkdownExporter(exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(nb)
+    body = re.sub(r'\n```python\n\s*```\n', '\n', body)   # empty inputs of echo-false cells
     head = '<!-- generated from nbs/index.ipynb by `asr-kd readme`: edit the notebook, not this file -->\n\n'
     return head + body.replace('](images/', '](nbs/images/').strip() + '\n'
 
@@ -206,7 +241,7 @@ def write_readme(check:bool=False) -> bool:
     if not check and not same: p.write_text(text, encoding='utf-8')
     return same
 
-# %% ../nbs/08_pipeline.ipynb #c024
+# %% ../nbs/08_pipeline.ipynb #c025
 def _parser() -> argparse.ArgumentParser:
     stage_names = [s.name for s in STAGES]
     p = argparse.ArgumentParser(prog='asr-kd', description='Knowledge distillation study: how much speech data does the '
@@ -236,11 +271,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument('--run-dir', help='run directory (kd: uses its teacher and cache)')
     h = sub.add_parser('report', help='render the executed notebooks of a run to static HTML (no Quarto needed)')
     h.add_argument('--run-dir', required=True)
+    u = sub.add_parser('publish', help="copy a finished run's figures and summary into nbs/images/ for the README and docs")
+    u.add_argument('--run-dir', required=True)
     m = sub.add_parser('readme', help='write README.md from nbs/index.ipynb')
     m.add_argument('--check', action='store_true', help='only check that README.md is up to date (exit 1 if not)')
     return p
 
-# %% ../nbs/08_pipeline.ipynb #c025
+# %% ../nbs/08_pipeline.ipynb #c026
 def main(argv:list|None=None) -> int:
     "Entry point of the `asr-kd` command."
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
@@ -252,7 +289,9 @@ def main(argv:list|None=None) -> int:
             t = run_study(cfg, a.run_dir, a.stages, a.force, progress=not a.no_progress)
             _say(f'done in {t["last_invocation_s"]:.0f} s (study total {t["total_s"]:.0f} s); results in {Path(a.run_dir).resolve()}')
             rep = Path(a.run_dir)/'report'/'summary.json'
-            if rep.exists(): _say(f'report: {rep.parent.resolve()}')
+            if rep.exists():
+                from asr_kd_nb.datasize import headline
+                _say(headline(a.run_dir)); _say(f'report: {rep.parent.resolve()}')
             return 0
         if a.cmd == 'search':
             from asr_kd_nb.search import search_worker
@@ -265,6 +304,8 @@ def main(argv:list|None=None) -> int:
                 from asr_kd_nb.kd import bench_kd
                 bench_kd(a.run_dir)
             return 0
+        if a.cmd == 'publish':
+            _say(f'published to {publish_results(a.run_dir)}; now run `asr-kd readme`'); return 0
         if a.cmd == 'readme':
             same = write_readme(a.check)
             if a.check and not same: _say('asr-kd: README.md is out of date with nbs/index.ipynb; run `asr-kd readme`')
@@ -278,5 +319,5 @@ def main(argv:list|None=None) -> int:
         _say(f'asr-kd: {e}\n  fix the cause and rerun the same command to resume from this stage'); return 1
     return 0
 
-# %% ../nbs/08_pipeline.ipynb #c027
-if __name__ == '__main__': sys.exit(main())
+# %% ../nbs/08_pipeline.ipynb #c028
+if __name__ == '__main__': sys.exit(main())   # `python -m asr_kd_nb.pipeline` (not run inside notebooks)
