@@ -250,7 +250,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'asr_kd_nb.search.dimension_values': ('search.html#dimension_values', 'asr_kd_nb/search.py'),
                                   'asr_kd_nb.search.dry_run_scorer': ('search.html#dry_run_scorer', 'asr_kd_nb/search.py'),
                                   'asr_kd_nb.search.export_study': ('search.html#export_study', 'asr_kd_nb/search.py'),
-                                  'asr_kd_nb.search.fraction_key': ('search.html#fraction_key', 'asr_kd_nb/search.py'),
                                   'asr_kd_nb.search.hparams_from_params': ('search.html#hparams_from_params', 'asr_kd_nb/search.py'),
                                   'asr_kd_nb.search.instance_value': ('search.html#instance_value', 'asr_kd_nb/search.py'),
                                   'asr_kd_nb.search.kd_scorer': ('search.html#kd_scorer', 'asr_kd_nb/search.py'),

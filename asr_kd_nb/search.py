@@ -15,13 +15,15 @@ import optuna
 from optuna.trial import TrialState
 from .config import config_section, section_preset, load_config, read_json, write_json, derive_seed, resolve_device
 from .conformer import StudentHParams, ConformerConfig, PAPER_BEST, InvalidHParams
+from .splits import frac_key
 
 # %% auto #0
-__all__ = ['log', 'HPARAMS', 'PAPER_SPACE_SPEC', 'Dimension', 'parse_dimension', 'dimension_values', 'parse_space', 'scale_space',
-           'scale_point', 'SearchConfig', 'suggest_hparams', 'hparams_from_params', 'paper_trials', 'fraction_key',
-           'study_name', 'kd_scorer', 'dry_run_scorer', 'load_scorer_factory', 'instance_value', 'trial_objective',
-           'storage_url', 'default_storage', 'public_url', 'StudyLock', 'open_storage', 'make_pruner', 'trial_counts',
-           'search_worker', 'trials_table', 'study_figures', 'export_study', 'add_worker_args', 'worker_main']
+__all__ = ['log', 'HPARAMS', 'PAPER_SPACE_SPEC', 'fraction_key', 'Dimension', 'parse_dimension', 'dimension_values',
+           'parse_space', 'scale_space', 'scale_point', 'SearchConfig', 'suggest_hparams', 'hparams_from_params',
+           'paper_trials', 'study_name', 'kd_scorer', 'dry_run_scorer', 'load_scorer_factory', 'instance_value',
+           'trial_objective', 'storage_url', 'default_storage', 'public_url', 'StudyLock', 'open_storage',
+           'make_pruner', 'trial_counts', 'search_worker', 'trials_table', 'study_figures', 'export_study',
+           'add_worker_args', 'worker_main']
 
 # %% ../nbs/06_search.ipynb #c006
 log = logging.getLogger(__name__)
@@ -231,11 +233,7 @@ def paper_trials(space:dict, # the run's search space
 PAPER_SPACE_SPEC = dict(SearchConfig.presets['paper']['space'])   # the space the paper's configurations live in
 
 # %% ../nbs/06_search.ipynb #c025
-def fraction_key(fraction:float) -> str:
-    "The key of a data fraction in `splits.json` ('1.0', '0.7', ...), checking its range."
-    f = float(fraction)
-    if not 0 < f <= 1: raise ValueError(f'data fraction {fraction!r} must be in (0, 1]')
-    return f'{f:.1f}'
+fraction_key = frac_key   # one implementation, in the splits chapter
 
 def study_name(fraction:float) -> str:
     "The study of a data fraction: 'frac-1.00', 'frac-0.30', ..."

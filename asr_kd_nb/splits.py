@@ -69,8 +69,9 @@ def text_leakage(train:list, # training utterance ids
 
 # %% ../nbs/02_splits.ipynb #c013
 def frac_key(f:float) -> str:
-    "The key of fraction `f` in splits.json ('0.3')."
-    return f'{f:.1f}'
+    "The key of data fraction `f` in splits.json ('1.0', '0.3', ...), checking its range."
+    if not 0 < float(f) <= 1: raise ValueError(f'data fraction {f!r} must be in (0, 1]')
+    return f'{float(f):.1f}'
 
 def nested_fractions(train:list, # training ids in manifest order
                      cluster:dict, # utterance id -> cluster
@@ -78,9 +79,9 @@ def nested_fractions(train:list, # training ids in manifest order
                      seed:int, # order seed
                     ) -> dict:
     "{'0.5': ids, ...}: nested, stratified by cluster, seeded subsets of `train`."
-    keys = [frac_key(f) for f in fractions]
     bad = [f for f in fractions if not 0 < f <= 1]
     if bad: raise ValueError(f'fractions must lie in (0, 1], got {bad}')
+    keys = [frac_key(f) for f in fractions]
     odd = [f for f, k in zip(fractions, keys) if abs(float(k) - f) > 1e-9]
     if odd: raise ValueError(f'fraction {odd[0]} is not a multiple of 0.1; splits.json names fractions with one decimal')
     if len(set(keys)) != len(keys): raise ValueError(f'fractions {fractions} repeat a value')
