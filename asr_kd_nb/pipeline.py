@@ -291,7 +291,7 @@ def main(argv:list|None=None) -> int:
             rep = Path(a.run_dir)/'report'/'summary.json'
             if rep.exists():
                 from asr_kd_nb.datasize import headline
-                _say(headline(a.run_dir)); _say(f'report: {rep.parent.resolve()}')
+                _say(headline(a.run_dir))
             return 0
         if a.cmd == 'search':
             from asr_kd_nb.search import search_worker

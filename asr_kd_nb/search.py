@@ -439,7 +439,8 @@ def trial_counts(study:optuna.Study) -> Counter:
 
 # %% ../nbs/06_search.ipynb #c035
 def _sampler(sc:SearchConfig, seed:int, fraction:float, number:int) -> optuna.samplers.TPESampler:
-    return optuna.samplers.TPESampler(seed=derive_seed(seed, 'search', study_name(fraction), number),
+    # the same seed in every fraction's study: random start-up trials coincide, so fractions score a common set for free
+    return optuna.samplers.TPESampler(seed=derive_seed(seed, 'search', number),
                                       n_startup_trials=sc.sampler_startup_trials)
 
 def _enqueue_next_paper_trial(study:optuna.Study, sc:SearchConfig):
