@@ -58,7 +58,9 @@ def check_exactly_n(study, n, workers_min=1):
     for t in done:
         assert t.value is not None and len(t.user_attrs['cers']) == 4 and sorted(t.intermediate_values) == [0, 1, 2, 3]
     labels = [t.user_attrs['enqueued'] for t in done if 'enqueued' in t.user_attrs]
-    assert labels == ['paper-best-1.0', 'paper-best-0.7', 'paper-best-0.5', 'paper-best-0.3'][:min(4, n)], labels
+    want = ['paper-best-1.0', 'paper-best-0.7', 'paper-best-0.5', 'paper-best-0.3'][:min(4, n)]
+    # each paper configuration completed exactly once (a killed one is retried later, so the order may change)
+    assert sorted(labels) == sorted(want), labels
     assert len({t.user_attrs['worker'] for t in done}) >= workers_min
     return done
 
