@@ -377,15 +377,18 @@ def inference_cost(hp:dict, # nine hyperparameter values
                    seconds:float=5.0, # audio length timed (50 MFCC frames per second)
                    repeats:int=3, # timed passes after one warm-up pass
                   ) -> dict:
-    "Parameter count and measured CPU seconds of inference per second of audio of the student `hp` builds."
+    "Parameter count and measured CPU seconds (one torch thread) of inference per second of audio of the student `hp` builds."
     student = build_student(StudentHParams.from_dict(dict(hp)), vocab_size, torch.Generator().manual_seed(0)).eval()
     T = max(1, int(round(seconds * 50)))
     x, lengths = torch.randn(1, T, N_MFCC, generator=torch.Generator().manual_seed(1)), torch.tensor([T])
-    with torch.inference_mode():
-        student(x, lengths)
-        t0 = time.process_time()
-        for _ in range(repeats): student(x, lengths)
-        dt = (time.process_time() - t0) / repeats
+    threads = torch.get_num_threads(); torch.set_num_threads(1)     # a device core; and process time stays one core's time
+    try:
+        with torch.inference_mode():
+            student(x, lengths)
+            t0 = time.process_time()
+            for _ in range(repeats): student(x, lengths)
+            dt = (time.process_time() - t0) / repeats
+    finally: torch.set_num_threads(threads)
     return {'n_params': count_parameters(student), 'cpu_s_per_audio_s': dt / (T / 50)}
 
 # %% ../nbs/10_strategies.ipynb #s065
@@ -441,28 +444,29 @@ def plot_pareto(table:pd.DataFrame, # `pareto_table` output
                 path, # PNG to write
                 best:dict|None=None, # `smallest_within` output, marked
                ) -> Path:
-    "CER vs parameters (colour: CPU s per audio s), the Pareto front joined; saved as PNG."
+    "CER vs parameters (colour: CPU s per audio s), 3-objective front members outlined, the CER-size front as a staircase."
     import matplotlib; matplotlib.use('Agg', force=False); import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    sc_ = ax.scatter(table.n_params, table.cer, c=table.cpu_s_per_audio_s, cmap='viridis', s=25)
-    f = table[table.pareto].sort_values('n_params')
-    ax.plot(f.n_params, f.cer, 'k--', lw=0.8, label='Pareto front (3 objectives)')
-    if best: ax.scatter([best['n_params']], [best['cer']], s=120, facecolors='none', edgecolors='r', label='smallest within tolerance')
+    pts = ax.scatter(table.n_params, table.cer, c=table.cpu_s_per_audio_s, cmap='viridis', s=25,
+                     edgecolors=np.where(table.pareto, 'k', 'none'), label='trials (outlined: 3-objective Pareto front)')
+    t = table.sort_values(['n_params', 'cer']); stairs = t[t.cer < t.cer.cummin().shift(fill_value=np.inf)]
+    ax.step(stairs.n_params, stairs.cer, 'k--', lw=0.8, where='post', label='CER-size front')
+    if best: ax.scatter([best['n_params']], [best['cer']], s=140, facecolors='none', edgecolors='r', label='smallest within tolerance')
     ax.set(xscale='log', xlabel='student parameters', ylabel='CER on the test folds (100 % data)',
-           title='Smaller students: CER vs size and CPU inference time')
-    fig.colorbar(sc_, ax=ax, label='CPU s per second of audio'); ax.legend(fontsize=8); ax.grid(alpha=0.3)
+           title=f"Smallest student near the best CER: {best['n_params']:,} parameters" if best else 'CER vs student size')
+    fig.colorbar(pts, ax=ax, label='CPU s per second of audio (1 thread)'); ax.legend(fontsize=7); ax.grid(alpha=0.3)
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches='tight'); plt.close(fig)
     return path
 
-# %% ../nbs/10_strategies.ipynb #s075
+# %% ../nbs/10_strategies.ipynb #s074
 def synthetic_factory(run_dir) -> Scorer:
     "The synthetic scorer on the run's search space."
     return synthetic_scorer(load_config(run_dir).search.space)
 
 SCORER_FACTORIES = {'synthetic': synthetic_factory}   # name -> (run_dir -> Scorer); the pipeline registers the KD objective
 
-# %% ../nbs/10_strategies.ipynb #s077
+# %% ../nbs/10_strategies.ipynb #s076
 def plan_budget(scorer:Scorer, space:dict, sc:StrategiesConfig, seed:int) -> dict:
     "B in CPU-seconds: `budget_cpu_s`, or `budget_trials` times the measured cost of the scaled paper best on 100 %."
     if sc.budget_cpu_s > 0: return {'budget_cpu_s': sc.budget_cpu_s, 'probe_cpu_s': None}
@@ -471,7 +475,7 @@ def plan_budget(scorer:Scorer, space:dict, sc:StrategiesConfig, seed:int) -> dic
     if probe <= 0: raise ValueError(f'the budget probe trial reported cpu_s={probe}; cannot size B in trials')
     return {'budget_cpu_s': sc.budget_trials * probe, 'probe_cpu_s': probe}
 
-# %% ../nbs/10_strategies.ipynb #s079
+# %% ../nbs/10_strategies.ipynb #s078
 def full_data_records(traces:dict, # name -> list of traces
                      ) -> list:
     "(hyperparameters, CER) of every distinct finished trial on 100 % of the data, in the order first seen."
@@ -482,7 +486,7 @@ def full_data_records(traces:dict, # name -> list of traces
                 if t['fraction'] == 1.0 and math.isfinite(t['cer']): seen.setdefault(hp_key(t['hp']), (t['hp'], t['cer']))
     return list(seen.values())
 
-# %% ../nbs/10_strategies.ipynb #s081
+# %% ../nbs/10_strategies.ipynb #s080
 def strategy_summary(table:pd.DataFrame, # `regret_table` output
                      curves:pd.DataFrame, # `anytime_regret` output
                      full:dict, # `retrain_returned` output
@@ -499,7 +503,7 @@ def strategy_summary(table:pd.DataFrame, # `regret_table` output
                      'replicates': int(at_b.replicates)}
     return out
 
-# %% ../nbs/10_strategies.ipynb #s083
+# %% ../nbs/10_strategies.ipynb #s082
 def _clean(o):
     if isinstance(o, dict): return {str(k): _clean(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)): return [_clean(v) for v in o]
@@ -518,6 +522,8 @@ def strategies_stage(run_dir, # run directory with config.json (and the cache fo
     "Run the strategies at equal compute, retrain what they return, write `strategies/summary.json` and figures."
     t0, run_dir = time.process_time(), Path(run_dir); cfg = load_config(run_dir); sc, space = cfg.strategies, cfg.search.space
     out = run_dir/'strategies'; out.mkdir(parents=True, exist_ok=True)
+    if scorer_factory is None and sc.objective not in SCORER_FACTORIES:
+        raise ValueError(f'strategies.objective={sc.objective!r} is not a registered scorer; choose one of {sorted(SCORER_FACTORIES)}')
     scorer = (scorer_factory or SCORER_FACTORIES[sc.objective])(run_dir)
     plan = plan_budget(scorer, space, sc, cfg.seed); B = plan['budget_cpu_s']
     log.info('Stage strategies: B = %.1f CPU-s, %d replicates', B, sc.replicates)
