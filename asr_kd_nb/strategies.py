@@ -5,7 +5,8 @@ compute by the anytime regret of the student each would deploy; and the Pareto f
 
 # %% ../nbs/10_strategies.ipynb #s001
 from __future__ import annotations
-import contextlib, json, logging, math, time
+import contextlib, importlib, json, logging, math, multiprocessing, os, time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -23,8 +24,8 @@ __all__ = ['log', 'Scorer', 'SAMPLERS', 'SCORER_FACTORIES', 'StrategiesConfig', 
            'quiet_optuna', 'sampler_search', 'promote', 'successive_halving', 'strategy_registry', 'run_strategies',
            'trace_from_trials', 'hp_key', 'budget_grid', 'returned_at', 'retrain_returned', 'anytime_regret', 'mean_ci',
            'regret_table', 'verdict_text', 'plot_anytime', 'inference_cost', 'pareto_study', 'pareto_table',
-           'smallest_within', 'plot_pareto', 'synthetic_factory', 'plan_budget', 'full_data_records',
-           'strategy_summary', 'strategies_stage']
+           'smallest_within', 'plot_pareto', 'synthetic_factory', 'plan_budget', 'resolve_scorer_factory',
+           'strategy_job', 'run_strategy_jobs', 'full_data_records', 'strategy_summary', 'strategies_stage']
 
 # %% ../nbs/10_strategies.ipynb #s006
 log = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ class StrategiesConfig:
     pareto_trials: int = 4            # new NSGA-II trials of the Pareto study (after the reused full-data trials)
     pareto_tolerance: float = 0.10    # "the smallest student within 10 % of the best CER"
     latency_seconds: float = 5.0      # seconds of audio (random MFCC frames at 20 ms) per inference-time measurement
-    objective: str = 'synthetic'      # scorer factory, a key of `SCORER_FACTORIES`
+    objective: str = 'synthetic'      # scorer factory: a key of `SCORER_FACTORIES` or 'module:function' (run_dir -> Scorer)
+    workers: int = 0                  # processes running (strategy, replicate) jobs; 0: one per core this process may use
     presets: ClassVar[dict] = {'default': {'budget_trials': 12.0, 'pareto_trials': 8},
                                'paper': {'budget_trials': 50.0, 'replicates': 3, 'pareto_trials': 20}}
 
@@ -59,7 +61,7 @@ class StrategiesConfig:
         if bad: raise ValueError(f'strategies: fractions/rungs {bad} must be in (0, 1]')
         if self.rungs != sorted(set(self.rungs)) or self.rungs[-1] != 1.0:
             raise ValueError(f'strategies.rungs={self.rungs} must increase strictly and end at 1.0')
-        for n, lo in (('eta', 2), ('bracket', 2), ('replicates', 1), ('full_seeds', 1), ('grid', 1), ('bootstrap', 10)):
+        for n, lo in (('eta', 2), ('bracket', 2), ('replicates', 1), ('full_seeds', 1), ('grid', 1), ('bootstrap', 10), ('workers', 0)):
             if getattr(self, n) < lo: raise ValueError(f'strategies.{n}={getattr(self, n)} must be >= {lo}')
         if self.budget_trials <= 0 and self.budget_cpu_s <= 0:
             raise ValueError('strategies: set budget_trials > 0 or budget_cpu_s > 0')
@@ -391,7 +393,7 @@ def inference_cost(hp:dict, # nine hyperparameter values
     finally: torch.set_num_threads(threads)
     return {'n_params': count_parameters(student), 'cpu_s_per_audio_s': dt / (T / 50)}
 
-# %% ../nbs/10_strategies.ipynb #s065
+# %% ../nbs/10_strategies.ipynb #s067
 def _distributions(dims:dict) -> dict:
     D = optuna.distributions
     return {d.param: (D.FloatDistribution(d.low, d.high, log=d.log) if d.kind == 'float'
@@ -422,7 +424,7 @@ def pareto_study(records:list, # (hyperparameters, full-data CER) of trials alre
         with quiet_optuna(): study.optimize(objective, n_trials=n_new)
     return study
 
-# %% ../nbs/10_strategies.ipynb #s067
+# %% ../nbs/10_strategies.ipynb #s069
 def pareto_table(study:optuna.Study, # `pareto_study` output
                 ) -> pd.DataFrame:
     "One row per trial: CER, parameters, CPU s per audio s, on the Pareto front or not, reused or new, the configuration."
@@ -431,7 +433,7 @@ def pareto_table(study:optuna.Study, # `pareto_study` output
                           'pareto': t.number in front, 'reused': t.user_attrs.get('reused', False), 'config': hp_key(t.user_attrs['hp'])}
                          for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))])
 
-# %% ../nbs/10_strategies.ipynb #s069
+# %% ../nbs/10_strategies.ipynb #s071
 def smallest_within(table:pd.DataFrame, # `pareto_table` output
                     tolerance:float=0.10, # relative CER margin over the best
                    ) -> dict:
@@ -439,7 +441,7 @@ def smallest_within(table:pd.DataFrame, # `pareto_table` output
     ok = table[table.cer <= table.cer.min() * (1 + tolerance)]
     return ok.sort_values(['n_params', 'cpu_s_per_audio_s', 'cer']).iloc[0].to_dict()
 
-# %% ../nbs/10_strategies.ipynb #s071
+# %% ../nbs/10_strategies.ipynb #s073
 def plot_pareto(table:pd.DataFrame, # `pareto_table` output
                 path, # PNG to write
                 best:dict|None=None, # `smallest_within` output, marked
@@ -459,14 +461,14 @@ def plot_pareto(table:pd.DataFrame, # `pareto_table` output
     fig.savefig(path, dpi=100, bbox_inches='tight'); plt.close(fig)
     return path
 
-# %% ../nbs/10_strategies.ipynb #s074
+# %% ../nbs/10_strategies.ipynb #s076
 def synthetic_factory(run_dir) -> Scorer:
     "The synthetic scorer on the run's search space."
     return synthetic_scorer(load_config(run_dir).search.space)
 
 SCORER_FACTORIES = {'synthetic': synthetic_factory}   # name -> (run_dir -> Scorer); the pipeline registers the KD objective
 
-# %% ../nbs/10_strategies.ipynb #s076
+# %% ../nbs/10_strategies.ipynb #s078
 def plan_budget(scorer:Scorer, space:dict, sc:StrategiesConfig, seed:int) -> dict:
     "B in CPU-seconds: `budget_cpu_s`, or `budget_trials` times the measured cost of the scaled paper best on 100 %."
     if sc.budget_cpu_s > 0: return {'budget_cpu_s': sc.budget_cpu_s, 'probe_cpu_s': None}
@@ -475,7 +477,54 @@ def plan_budget(scorer:Scorer, space:dict, sc:StrategiesConfig, seed:int) -> dic
     if probe <= 0: raise ValueError(f'the budget probe trial reported cpu_s={probe}; cannot size B in trials')
     return {'budget_cpu_s': sc.budget_trials * probe, 'probe_cpu_s': probe}
 
-# %% ../nbs/10_strategies.ipynb #s078
+# %% ../nbs/10_strategies.ipynb #s081
+def resolve_scorer_factory(name:str, # a key of `SCORER_FACTORIES` or 'module:function'
+                          ) -> Callable:
+    "The scorer factory (run_dir -> Scorer) called `name`."
+    if name in SCORER_FACTORIES: return SCORER_FACTORIES[name]
+    if ':' in name:
+        mod, fn = name.split(':', 1)
+        return getattr(importlib.import_module(mod), fn)
+    raise ValueError(f'strategies.objective={name!r} is not a registered scorer; choose one of {sorted(SCORER_FACTORIES)} '
+                     f"or give 'module:function'")
+
+# %% ../nbs/10_strategies.ipynb #s083
+def strategy_job(run_dir:str, # run directory (config.json)
+                 name:str, # strategy name in the registry of the run's `strategies` section
+                 replicate:int, # replicate number (decides the seed)
+                 budget_cpu_s:float, # B
+                 threads:int=1, # torch threads of this job
+                ) -> list:
+    "One replicate of one strategy, scorer and registry rebuilt from the run directory (for worker processes); its trace."
+    cfg = load_config(run_dir); sc = cfg.strategies
+    torch.set_num_threads(max(1, threads))
+    scorer = resolve_scorer_factory(sc.objective)(run_dir)
+    with quiet_optuna():
+        return strategy_registry(sc)[name](scorer, cfg.search.space, budget_cpu_s, derive_seed(cfg.seed, 'strategies', name, replicate))
+
+# %% ../nbs/10_strategies.ipynb #s085
+def run_strategy_jobs(run_dir, # run directory (config.json)
+                      names:list, # strategies to run
+                      budget_cpu_s:float, # B
+                      replicates:int, # runs per strategy
+                      workers:int=1, # processes; 1 runs the jobs in this process
+                     ) -> dict[str, list]:
+    "Every (strategy, replicate) run as a job, in spawned worker processes when `workers` > 1: name -> list of traces."
+    jobs = [(n, r) for n in names for r in range(replicates)]
+    out = {n: [None] * replicates for n in names}
+    if workers <= 1 or len(jobs) <= 1:
+        threads = torch.get_num_threads()
+        try:
+            for n, r in tqdm(jobs, desc='strategy runs'): out[n][r] = strategy_job(str(run_dir), n, r, budget_cpu_s, threads)
+        finally: torch.set_num_threads(threads)
+        return out
+    fn = importlib.import_module('asr_kd_nb.strategies').strategy_job   # the module's, picklable also from the notebook
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context('spawn')) as ex:
+        futs = {ex.submit(fn, str(run_dir), n, r, budget_cpu_s, 1): (n, r) for n, r in jobs}
+        for f in tqdm(as_completed(futs), total=len(futs), desc='strategy runs'): n, r = futs[f]; out[n][r] = f.result()
+    return out
+
+# %% ../nbs/10_strategies.ipynb #s087
 def full_data_records(traces:dict, # name -> list of traces
                      ) -> list:
     "(hyperparameters, CER) of every distinct finished trial on 100 % of the data, in the order first seen."
@@ -486,7 +535,7 @@ def full_data_records(traces:dict, # name -> list of traces
                 if t['fraction'] == 1.0 and math.isfinite(t['cer']): seen.setdefault(hp_key(t['hp']), (t['hp'], t['cer']))
     return list(seen.values())
 
-# %% ../nbs/10_strategies.ipynb #s080
+# %% ../nbs/10_strategies.ipynb #s089
 def strategy_summary(table:pd.DataFrame, # `regret_table` output
                      curves:pd.DataFrame, # `anytime_regret` output
                      full:dict, # `retrain_returned` output
@@ -503,7 +552,7 @@ def strategy_summary(table:pd.DataFrame, # `regret_table` output
                      'replicates': int(at_b.replicates)}
     return out
 
-# %% ../nbs/10_strategies.ipynb #s082
+# %% ../nbs/10_strategies.ipynb #s091
 def _clean(o):
     if isinstance(o, dict): return {str(k): _clean(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)): return [_clean(v) for v in o]
@@ -522,15 +571,20 @@ def strategies_stage(run_dir, # run directory with config.json (and the cache fo
     "Run the strategies at equal compute, retrain what they return, write `strategies/summary.json` and figures."
     t0, run_dir = time.process_time(), Path(run_dir); cfg = load_config(run_dir); sc, space = cfg.strategies, cfg.search.space
     out = run_dir/'strategies'; out.mkdir(parents=True, exist_ok=True)
-    if scorer_factory is None and sc.objective not in SCORER_FACTORIES:
-        raise ValueError(f'strategies.objective={sc.objective!r} is not a registered scorer; choose one of {sorted(SCORER_FACTORIES)}')
-    scorer = (scorer_factory or SCORER_FACTORIES[sc.objective])(run_dir)
+    scorer = (scorer_factory or resolve_scorer_factory(sc.objective))(run_dir)
     plan = plan_budget(scorer, space, sc, cfg.seed); B = plan['budget_cpu_s']
     log.info('Stage strategies: B = %.1f CPU-s, %d replicates', B, sc.replicates)
     reg = strategy_registry(sc)
     reused = {n: [trace_from_trials(pd.read_csv(t) if not isinstance(t, pd.DataFrame) else t,
                                     1.0 if n == 'full' else float(n.split('-')[1]), B) for t in ts] for n, ts in (existing or {}).items()}
-    traces = {**run_strategies(scorer, space, B, {n: f for n, f in reg.items() if n not in reused}, sc.replicates, cfg.seed), **reused}
+    for n, trs in reused.items():
+        short = [round(t[-1][0], 1) for t in trs if not t or t[-1][0] < B]
+        if short: log.warning('reused %s searches spent only %s of B = %.1f CPU-s; their runs stop short of B', n, short, B)
+    todo = [n for n in reg if n not in reused]
+    workers = sc.workers or (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1)
+    ran = (run_strategies(scorer, space, B, {n: reg[n] for n in todo}, sc.replicates, cfg.seed) if scorer_factory is not None
+           else run_strategy_jobs(run_dir, todo, B, sc.replicates, workers))   # a factory object cannot travel to workers by name
+    traces = {**ran, **reused}
     grid = budget_grid(B, sc.grid)
     full = retrain_returned(scorer, traces, grid, [derive_seed(cfg.seed, 'strategies', 'full', s) for s in range(sc.full_seeds)])
     curves = anytime_regret(traces, grid, full); curves.to_csv(out/'anytime.csv', index=False)
@@ -544,7 +598,7 @@ def strategies_stage(run_dir, # run directory with config.json (and the cache fo
     ptab.to_csv(out/'pareto.csv', index=False); small = smallest_within(ptab, sc.pareto_tolerance)
     plot_pareto(ptab, out/'pareto.png', small)
     best = min(full.values(), key=lambda v: v['cer'])
-    summary = {'objective': sc.objective, **plan, 'budget_cpu_h': B / 3600, 'replicates': sc.replicates, 'grid_cpu_s': grid,
+    summary = {'objective': sc.objective if scorer_factory is None else getattr(scorer_factory, '__name__', 'custom'), **plan, 'budget_cpu_h': B / 3600, 'replicates': sc.replicates, 'grid_cpu_s': grid,
                'best_full_cer': best['cer'], 'best_config': best['hp'], 'reused': sorted(reused),
                'strategies': strategy_summary(table, curves, full), 'verdict': verdict,
                'pareto': {'tolerance': sc.pareto_tolerance, 'smallest_within': small, 'front': ptab[ptab.pareto].to_dict('records'),

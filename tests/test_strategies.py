@@ -93,7 +93,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match='must be in \\(0, 1\\]'): StrategiesConfig(rungs=[0.0, 1.0])
 
 def _run_dir(tmp_path, **over):
-    save_config(study_config('smoke', {'strategies': {'budget_trials': 5, 'replicates': 3, 'bracket': 6, 'pareto_trials': 2,
+    save_config(study_config('smoke', {'strategies': {'budget_trials': 5, 'replicates': 3, 'bracket': 6, 'pareto_trials': 2, 'workers': 1,
                                                       'latency_seconds': 0.5, 'bootstrap': 200, **over}}), tmp_path)
     return tmp_path
 
@@ -115,6 +115,12 @@ def test_stage_summary_and_figures(tmp_path):
     assert small['n_params'] == min(r['n_params'] for r in front if r['cer'] <= 1.1 * min(q['cer'] for q in front) + 1e-12)
     again = strategies_stage(_run_dir(tmp_path/'again'))            # seeds decide everything but the measured latency
     assert {k: v['regret'] for k, v in again['strategies'].items()} == {k: v['regret'] for k, v in s['strategies'].items()}
+
+def test_parallel_runs_equal_inline_runs(tmp_path):
+    from asr_kd_nb.strategies import run_strategy_jobs
+    run_dir = _run_dir(tmp_path, fractions=[0.3])
+    names = ['fraction-0.30', 'multifidelity', 'random']
+    assert run_strategy_jobs(run_dir, names, 40.0, 2, workers=2) == run_strategy_jobs(run_dir, names, 40.0, 2, workers=1)
 
 def test_stage_refuses_unknown_objective(tmp_path):
     with pytest.raises(ValueError, match="strategies.objective='kd' is not a registered scorer"):
