@@ -52,7 +52,7 @@ class StrategiesConfig:
     latency_seconds: float = 5.0      # seconds of audio (random MFCC frames at 20 ms) per inference-time measurement
     objective: str = 'synthetic'      # scorer factory: a key of `SCORER_FACTORIES` or 'module:function' (run_dir -> Scorer)
     workers: int = 0                  # processes running (strategy, replicate) jobs; 0: one per core this process may use
-    presets: ClassVar[dict] = {'default': {'budget_trials': 12.0, 'pareto_trials': 8},
+    presets: ClassVar[dict] = {'default': {'budget_trials': 6.0, 'grid': 4, 'pareto_trials': 4},
                                'paper': {'budget_trials': 50.0, 'replicates': 3, 'pareto_trials': 20}}
 
     def __post_init__(self):
@@ -566,7 +566,8 @@ def _vocab_size(run_dir) -> int:
 
 def strategies_stage(run_dir, # run directory with config.json (and the cache for the KD objective)
                      scorer_factory:Callable|None=None, # run_dir -> Scorer; None: `SCORER_FACTORIES[strategies.objective]`
-                     existing:dict|None=None, # strategy name -> list of trials tables (DataFrame or CSV path), one per replicate
+                     existing:dict|None=None, # 'full'/'fraction-F' -> list of trials tables (DataFrame or CSV path), one per replicate
+                     known:dict|None=None, # hp_key -> full-data result already measured (`retrain_returned` format), reused
                     ) -> dict:
     "Run the strategies at equal compute, retrain what they return, write `strategies/summary.json` and figures."
     t0, run_dir = time.process_time(), Path(run_dir); cfg = load_config(run_dir); sc, space = cfg.strategies, cfg.search.space
@@ -575,6 +576,8 @@ def strategies_stage(run_dir, # run directory with config.json (and the cache fo
     plan = plan_budget(scorer, space, sc, cfg.seed); B = plan['budget_cpu_s']
     log.info('Stage strategies: B = %.1f CPU-s, %d replicates', B, sc.replicates)
     reg = strategy_registry(sc)
+    bad = sorted(set(existing or {}) - {n for n in reg if n == 'full' or n.startswith('fraction-')})
+    if bad: raise ValueError(f'existing trials given for {bad}; only the TPE strategies {[n for n in reg if n not in ("multifidelity", "random")]} can be reused')
     reused = {n: [trace_from_trials(pd.read_csv(t) if not isinstance(t, pd.DataFrame) else t,
                                     1.0 if n == 'full' else float(n.split('-')[1]), B) for t in ts] for n, ts in (existing or {}).items()}
     for n, trs in reused.items():
@@ -586,7 +589,7 @@ def strategies_stage(run_dir, # run directory with config.json (and the cache fo
            else run_strategy_jobs(run_dir, todo, B, sc.replicates, workers))   # a factory object cannot travel to workers by name
     traces = {**ran, **reused}
     grid = budget_grid(B, sc.grid)
-    full = retrain_returned(scorer, traces, grid, [derive_seed(cfg.seed, 'strategies', 'full', s) for s in range(sc.full_seeds)])
+    full = retrain_returned(scorer, traces, grid, [derive_seed(cfg.seed, 'strategies', 'full', s) for s in range(sc.full_seeds)], known)
     curves = anytime_regret(traces, grid, full); curves.to_csv(out/'anytime.csv', index=False)
     table = regret_table(curves, B, sc.bootstrap, cfg.seed); table.to_csv(out/'table.csv', index=False)
     verdict = verdict_text(table)
