@@ -564,6 +564,7 @@ def _vocab_size(run_dir) -> int:
     p = Path(run_dir)/'cache'/'index.json'
     return len(read_json(p)['vocab']) if p.exists() else 35
 
+# %% ../nbs/10_strategies.ipynb #s093
 def strategies_stage(run_dir, # run directory with config.json (and the cache for the KD objective)
                      scorer_factory:Callable|None=None, # run_dir -> Scorer; None: `SCORER_FACTORIES[strategies.objective]`
                      existing:dict|None=None, # 'full'/'fraction-F' -> list of trials tables (DataFrame or CSV path), one per replicate
