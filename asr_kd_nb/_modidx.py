@@ -69,6 +69,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'asr_kd_nb.config.write_json': ('config.html#write_json', 'asr_kd_nb/config.py')},
             'asr_kd_nb.conformer': { 'asr_kd_nb.conformer.ConformerConfig': ('conformer.html#conformerconfig', 'asr_kd_nb/conformer.py'),
                                      'asr_kd_nb.conformer.InvalidHParams': ('conformer.html#invalidhparams', 'asr_kd_nb/conformer.py'),
+                                     'asr_kd_nb.conformer.KeptStudent': ('conformer.html#keptstudent', 'asr_kd_nb/conformer.py'),
                                      'asr_kd_nb.conformer.MaskedBatchNorm1d': ( 'conformer.html#maskedbatchnorm1d',
                                                                                 'asr_kd_nb/conformer.py'),
                                      'asr_kd_nb.conformer.MaskedBatchNorm1d.__init__': ( 'conformer.html#maskedbatchnorm1d.__init__',
@@ -94,9 +95,13 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'asr_kd_nb.conformer._masked_copy': ('conformer.html#_masked_copy', 'asr_kd_nb/conformer.py'),
                                      'asr_kd_nb.conformer.build_student': ('conformer.html#build_student', 'asr_kd_nb/conformer.py'),
                                      'asr_kd_nb.conformer.count_parameters': ('conformer.html#count_parameters', 'asr_kd_nb/conformer.py'),
+                                     'asr_kd_nb.conformer.load_student': ('conformer.html#load_student', 'asr_kd_nb/conformer.py'),
                                      'asr_kd_nb.conformer.padding_invariance': ( 'conformer.html#padding_invariance',
                                                                                  'asr_kd_nb/conformer.py'),
+                                     'asr_kd_nb.conformer.save_student': ('conformer.html#save_student', 'asr_kd_nb/conformer.py'),
                                      'asr_kd_nb.conformer.scale_hparams': ('conformer.html#scale_hparams', 'asr_kd_nb/conformer.py'),
+                                     'asr_kd_nb.conformer.transcribe_files': ('conformer.html#transcribe_files', 'asr_kd_nb/conformer.py'),
+                                     'asr_kd_nb.conformer.transcribe_waves': ('conformer.html#transcribe_waves', 'asr_kd_nb/conformer.py'),
                                      'asr_kd_nb.conformer.unmasked_copy': ('conformer.html#unmasked_copy', 'asr_kd_nb/conformer.py')},
             'asr_kd_nb.corpus': { 'asr_kd_nb.corpus.CorpusConfig': ('corpus.html#corpusconfig', 'asr_kd_nb/corpus.py'),
                                   'asr_kd_nb.corpus.RejectedAudio': ('corpus.html#rejectedaudio', 'asr_kd_nb/corpus.py'),
@@ -349,4 +354,5 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'asr_kd_nb.teacher.teacher_stage': ('teacher.html#teacher_stage', 'asr_kd_nb/teacher.py'),
                                    'asr_kd_nb.teacher.text_ids': ('teacher.html#text_ids', 'asr_kd_nb/teacher.py'),
                                    'asr_kd_nb.teacher.train_ctc': ('teacher.html#train_ctc', 'asr_kd_nb/teacher.py'),
-                                   'asr_kd_nb.teacher.weights_sha256': ('teacher.html#weights_sha256', 'asr_kd_nb/teacher.py')}}}
+                                   'asr_kd_nb.teacher.weights_sha256': ('teacher.html#weights_sha256', 'asr_kd_nb/teacher.py'),
+                                   'asr_kd_nb.teacher.wer': ('teacher.html#wer', 'asr_kd_nb/teacher.py')}}}
