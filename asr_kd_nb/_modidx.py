@@ -61,6 +61,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'asr_kd_nb.config.load_config': ('config.html#load_config', 'asr_kd_nb/config.py'),
                                   'asr_kd_nb.config.read_json': ('config.html#read_json', 'asr_kd_nb/config.py'),
                                   'asr_kd_nb.config.report_progress': ('config.html#report_progress', 'asr_kd_nb/config.py'),
+                                  'asr_kd_nb.config.require_run_dir': ('config.html#require_run_dir', 'asr_kd_nb/config.py'),
                                   'asr_kd_nb.config.resolve_device': ('config.html#resolve_device', 'asr_kd_nb/config.py'),
                                   'asr_kd_nb.config.resolve_source': ('config.html#resolve_source', 'asr_kd_nb/config.py'),
                                   'asr_kd_nb.config.save_config': ('config.html#save_config', 'asr_kd_nb/config.py'),

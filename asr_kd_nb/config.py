@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 # %% auto #0
-__all__ = ['PRESETS', 'log', 'PROGRESS_ENV', 'config_section', 'from_dict', 'section_preset', 'StudyConfig', 'study_config',
-           'write_json', 'read_json', 'config_hash', 'save_config', 'config_from_dict', 'load_config', 'resolve_device',
-           'derive_seed', 'MissingSourceError', 'hub_reachable', 'resolve_source', 'report_progress']
+__all__ = ['PRESETS', 'log', 'PROGRESS_ENV', 'SMOKE_RUN', 'config_section', 'from_dict', 'section_preset', 'StudyConfig',
+           'study_config', 'write_json', 'read_json', 'config_hash', 'save_config', 'config_from_dict', 'load_config',
+           'resolve_device', 'derive_seed', 'MissingSourceError', 'hub_reachable', 'resolve_source', 'report_progress',
+           'require_run_dir']
 
 # %% ../nbs/00_config.ipynb #c005
 PRESETS = ('smoke', 'default', 'paper')
@@ -193,3 +194,22 @@ def report_progress(task:str, # what is counted, e.g. 'emission cache', 'trials'
            'best': None if best is None else float(best), **extra}
     with open(path, 'a', encoding='utf-8') as f: f.write(json.dumps(rec, ensure_ascii=False) + '\n')
     return True
+
+# %% ../nbs/00_config.ipynb #c023e
+SMOKE_RUN = Path('runs')/'smoke'
+
+def require_run_dir(run_dir=None, # the notebook's `run_dir` parameter
+                    near=None, # where to look for `runs/smoke` (default: the working directory and its parent)
+                   ) -> str:
+    "`run_dir` when set, else an existing `runs/smoke` run; otherwise a `ValueError` saying how to make one."
+    if run_dir is not None:
+        if not (Path(run_dir)/'config.json').is_file():
+            raise ValueError(f'run_dir={str(run_dir)!r} has no config.json: set run_dir to a run directory made by `asr-kd run`')
+        return str(run_dir)
+    base = Path(near or Path.cwd()).resolve()
+    for d in (base/SMOKE_RUN, base.parent/SMOKE_RUN):
+        if (d/'config.json').is_file():
+            log.warning('run_dir is None: using the smoke run %s', d)
+            return str(d)
+    raise ValueError('run_dir is None: set run_dir to a run directory made by `asr-kd run` '
+                     '(e.g. `asr-kd run --preset smoke --run-dir runs/smoke` from the repository root)')
