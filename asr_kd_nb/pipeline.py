@@ -14,10 +14,11 @@ from .config import (PRESETS, StudyConfig, study_config, save_config, read_json,
 from typing import Callable
 
 # %% auto #0
-__all__ = ['STAGES', 'KERNEL', 'log', 'PUBLISHED', 'Stage', 'nbs_dir', 'available_stages', 'stage_fingerprint', 'stage_keys',
-           'stage_done', 'progress_line', 'ProgressWatcher', 'StageFailed', 'ensure_kernel', 'execute_stage',
-           'ConfigMismatch', 'prepare_run_dir', 'run_study', 'load_config_file', 'build_config', 'publish_results',
-           'render_readme', 'write_readme', 'run_headline', 'compare_runs', 'main']
+__all__ = ['STAGES', 'KERNEL', 'log', 'PUBLISHED', 'LAB_HOOK', 'Stage', 'nbs_dir', 'available_stages', 'stage_fingerprint',
+           'stage_keys', 'stage_done', 'progress_line', 'ProgressWatcher', 'StageFailed', 'ensure_kernel',
+           'execute_stage', 'ConfigMismatch', 'prepare_run_dir', 'run_study', 'load_config_file', 'build_config',
+           'publish_results', 'render_readme', 'write_readme', 'run_headline', 'compare_runs', 'clean_on_save',
+           'lab_command', 'main']
 
 # %% ../nbs/08_pipeline.ipynb #c006
 @dataclass(frozen=True)
@@ -368,6 +369,33 @@ def compare_runs(run_dirs:list, # two or more run directories
     else: out += '\n\nsame config'
     return out
 
+# %% ../nbs/08_pipeline.ipynb #c024e
+LAB_HOOK = 'asr_kd_nb.pipeline.clean_on_save'
+
+def clean_on_save(model:dict, # the contents model being saved
+                  path:str, # its API path (relative to the server's root)
+                  contents_manager=None, # the server's contents manager (resolves the file's real path)
+                  **kwargs):
+    "Jupyter pre-save hook: clean a notebook as `nbdev-clean` does, when its project sets `jupyter_hooks = true`."
+    from nbdev.config import get_config
+    from nbdev.clean import clean_nb
+    if model.get('type') != 'notebook' or (model.get('content') or {}).get('nbformat') != 4: return
+    os_path = Path(contents_manager._get_os_path(path)) if hasattr(contents_manager, '_get_os_path') else Path(path)
+    cfg = get_config(path=os_path.parent)
+    if not cfg.get('jupyter_hooks'): return
+    clean_nb(model['content'], cfg.get('clear_all'), cfg.get('allowed_metadata_keys') or [], cfg.get('allowed_cell_metadata_keys') or [],
+             cfg.get('clean_ids'), cfg.get('allowed_out_metadata_keys') or [])
+
+def lab_command(root=None, # folder Lab opens (default: nbs/)
+                port:int|None=None, # None: Jupyter picks a free one
+                extra:list=()) -> list[str]:
+    "The `jupyter lab` command `asr-kd lab` runs: chapters cleaned on save, `--allow-root` when running as root."
+    cmd = [sys.executable, '-m', 'jupyterlab', f'--ServerApp.root_dir={Path(root or nbs_dir()).resolve()}',
+           f'--ContentsManager.pre_save_hook={LAB_HOOK}']
+    if port: cmd.append(f'--ServerApp.port={int(port)}')
+    if hasattr(os, 'geteuid') and os.geteuid() == 0: cmd.append('--allow-root')
+    return cmd + list(extra)
+
 # %% ../nbs/08_pipeline.ipynb #c025
 def _parser() -> argparse.ArgumentParser:
     stage_names = [s.name for s in STAGES]
@@ -414,6 +442,10 @@ def _parser() -> argparse.ArgumentParser:
                        description='Execute nbs/index.ipynb and write README.md from it (cells flagged `echo: false` show only '
                        'their output); with --check, only tell whether README.md is up to date.')
     m.add_argument('--check', action='store_true', help='only check that README.md is up to date (exit 1 if not)')
+    l = sub.add_parser('lab', help='start JupyterLab on the chapters (cleaned on save; works as root)',
+                       description='Start JupyterLab in nbs/ with the project\'s pre-save hook, so that saving a chapter leaves it '
+                       'clean for the test command; adds --allow-root when run as root. Further arguments go to jupyter lab.')
+    l.add_argument('jupyter_args', nargs=argparse.REMAINDER, help='arguments for jupyter lab, e.g. --port 8890 --no-browser')
     t = sub.add_parser('transcribe', help='transcribe wav/flac files with a saved student',
                        description='Print one line per audio file, "FILE<TAB>TRANSCRIPT", by greedy CTC decoding with a student '
                        'saved by a run (e.g. RUN_DIR/kd/student); no run directory is needed.')
@@ -446,6 +478,9 @@ def main(argv:list|None=None) -> int:
             from asr_kd_nb.conformer import transcribe_files
             for f, text in zip(a.audio, transcribe_files(a.model, a.audio, a.device)): print(f'{f}\t{text}', flush=True)
             return 0
+        if a.cmd == 'lab':
+            import subprocess
+            return subprocess.call(lab_command(extra=a.jupyter_args), cwd=nbs_dir().parent)
         if a.cmd == 'compare':
             print(compare_runs(a.runs)); return 0
         if a.cmd == 'search':
