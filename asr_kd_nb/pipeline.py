@@ -181,7 +181,8 @@ def execute_stage(stage:Stage, run_dir, fraction:str|None=None, nbs:Path|None=No
     with ProgressWatcher(out.with_suffix('.progress.jsonl'), enabled=progress):
         try:
             pm.execute_notebook(str(nbs/f'{stage.name}.ipynb'), str(out), parameters=params, kernel_name=ensure_kernel(),
-                                cwd=str(run_dir), progress_bar=progress and verbose, log_output=verbose)
+                                cwd=str(run_dir), progress_bar=progress and verbose, log_output=verbose,
+                                extra_arguments=[] if verbose else ['--IPKernelApp.log_level=ERROR'])   # no kernel start-up notices
         except pm.PapermillExecutionError as e: raise StageFailed(stage.name, out, f'{e.ename}: {e.evalue}') from None
     return out
 

@@ -376,7 +376,7 @@ def train_ctc(model:nn.Module, # forward(waves, gen) -> (logits, n_frames)
             opt.zero_grad(set_to_none=True); loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step()
             losses.append(loss.item()); step += 1; bar.update(1)
-            report_progress('teacher training', step, tc.max_steps, 'steps', loss=round(loss.item(), 4))
+            if progress: report_progress('teacher training', step, tc.max_steps, 'steps', loss=round(loss.item(), 4))
             if step % 25 == 0: bar.set_postfix(loss=f'{np.mean(losses[-25:]):.3f}', lr=f'{lr:.1e}')
         else: continue
         break
@@ -511,7 +511,7 @@ def cache_emissions(run_dir, # run directory (reads corpus manifests, writes cac
         state['done'] = s + len(b); state['build_s'] = round(state['build_s'] + time.monotonic() - t0, 2); t0 = time.monotonic()
         write_json(d/'building.json', state)
         bar.update(len(b))
-        report_progress('emission cache', state['done'], len(utts), 'utterances')
+        if progress: report_progress('emission cache', state['done'], len(utts), 'utterances')
     bar.close(); del lp, mf
     n_main = len(read_manifest(manifests[0]))
     idx = {'key': key, 'teacher': teacher.identity, 'vocab': teacher.vocab, 'blank_id': teacher.blank_id, 'ids': ids,
