@@ -96,7 +96,10 @@ def progress_line(rec:dict, # the task's latest record
     if dt > 0 and dn > 0:
         rate = dn / dt
         parts.append(f'{rate:.2g} {unit}/s' if rate >= 0.5 else f'{60 * rate:.2g} {unit}/min')
-        if total and done < total: parts.append(f'ETA {_duration((total - done) / rate)}')
+        if total and done < total:
+            eta = (total - done) / rate
+            if rec.get('deadline'): eta = max(0.0, min(eta, rec['deadline'] - rec['t']))   # a task stopped by a time cap
+            parts.append(f'ETA {_duration(eta)}')
     if total and done >= total: parts.append(f'done in {_duration(dt)}' if dt > 0 else 'done')
     return ', '.join(parts)
 

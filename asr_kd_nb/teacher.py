@@ -376,7 +376,8 @@ def train_ctc(model:nn.Module, # forward(waves, gen) -> (logits, n_frames)
             opt.zero_grad(set_to_none=True); loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step()
             losses.append(loss.item()); step += 1; bar.update(1)
-            if progress: report_progress('teacher training', step, tc.max_steps, 'steps', loss=round(loss.item(), 4))
+            if progress: report_progress('teacher training', step, tc.max_steps, 'steps', loss=round(loss.item(), 4),
+                                         deadline=time.time() + budget_s - (time.monotonic() - t0))   # the wall-clock cap
             if step % 25 == 0: bar.set_postfix(loss=f'{np.mean(losses[-25:]):.3f}', lr=f'{lr:.1e}')
         else: continue
         break
