@@ -5,7 +5,7 @@ hyperparameters, and the padding fixes that make a clip's output independent of 
 
 # %% ../nbs/04_conformer.ipynb #c001
 from __future__ import annotations
-import logging, math
+import logging, math, warnings
 from dataclasses import dataclass, asdict, fields, replace
 from pathlib import Path
 from typing import ClassVar
@@ -24,6 +24,9 @@ __all__ = ['log', 'N_MFCC', 'PAPER_BEST', 'STUDENT_FILE', 'STUDENT_WEIGHTS', 'ST
 
 # %% ../nbs/04_conformer.ipynb #c005
 log = logging.getLogger(__name__)
+# torch notes once per process that 'same' padding with an even kernel (the paper's kernel_size 4) copies the input: a cost,
+# not an error, and the outputs are right; silenced so that it does not stand as a red block in every executed chapter.
+warnings.filterwarnings('ignore', message="Using padding='same' with even kernel lengths", category=UserWarning)
 N_MFCC = 13   # student input features per frame (the paper's MFCC settings)
 
 class InvalidHParams(ValueError):
