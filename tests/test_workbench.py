@@ -147,7 +147,7 @@ def test_compare_prints_two_runs_side_by_side(smoke_run, tmp_path):
     assert any(l.startswith('student WER (baseline)') for l in lines)
     assert any(l.startswith('seed') for l in lines[lines.index('config differences:'):]), r.stdout
 
-def test_run_console_and_executed_notebooks_are_free_of_noise(smoke_run):
+def test_run_console_is_quiet_and_stages_report_progress(smoke_run):
     d = Path(smoke_run['dir'])
     err = smoke_run['first'].stderr
     assert 'INFO papermill' not in err and 'Executing notebook with kernel' not in err, err[-3000:]
@@ -157,6 +157,10 @@ def test_run_console_and_executed_notebooks_are_free_of_noise(smoke_run):
     assert cache and cache[-1]['done'] == cache[-1]['total'] > 0
     kd = [json.loads(l) for l in (d/'notebooks'/'05_kd.progress.jsonl').read_text().splitlines()]
     assert any(r['task'].startswith('KD seed') and r['done'] == r['total'] for r in kd)
+
+def test_executed_notebooks_have_no_traceback_or_tqdm_warning(smoke_run):
+    "What a reader opens is the record of a run: no (test) tracebacks, no TqdmWarning (ipywidgets renders the bars)."
+    d = Path(smoke_run['dir'])
     bad = {}
     for p in sorted((d/'notebooks').glob('*.ipynb')):
         nb = json.loads(p.read_text(encoding='utf-8'))
