@@ -346,6 +346,7 @@ def run_headline(run_dir) -> dict:
     h = {'preset': cfg.get('preset'), 'seed': cfg.get('seed'), 'utterances': n_utts,
          'teacher parameters': t.get('parameters'), 'teacher CER (test)': _pooled(t.get('cer') or {}),
          'teacher CER (ood)': (t.get('cer') or {}).get('ood'),
+         'teacher WER (test)': _pooled(t.get('wer') or {}),
          'student parameters': kd.get('parameters'), 'student CER (baseline)': kd.get('gmean'), 'student WER (baseline)': kd.get('wer')}
     for b in sorted(d.glob('search/frac-*/best.json')):
         best = (read_json(b).get('best') or {})

@@ -563,6 +563,7 @@ def cache_hypothesis(cache:EmissionCache, uid:str) -> str:
 def teacher_cers(cache:EmissionCache, # the emission cache
                  folds:dict, # fold name -> utterance ids (e.g. splits.json's test_folds)
                  n_examples:int=3, # reference/hypothesis pairs kept per fold
+                 score=cer, # error rate of (references, hypotheses): `cer`, or `wer`
                 ) -> tuple[dict, list]:
     "({fold: CER, 'test (pooled)': CER, 'ood': CER}, examples) from the cached emissions."
     folds = dict(folds)
@@ -570,12 +571,12 @@ def teacher_cers(cache:EmissionCache, # the emission cache
     out, examples = {}, []
     for name, ids in folds.items():
         refs, hyps = [cache.text(u) for u in ids], [cache_hypothesis(cache, u) for u in ids]
-        out[name] = round(cer(refs, hyps), 5)
+        out[name] = round(score(refs, hyps), 5)
         examples += [{'fold': name, 'id': u, 'reference': r, 'hypothesis': h} for u, r, h in list(zip(ids, refs, hyps))[:n_examples]]
     test_folds = [n for n in folds if n != 'ood']
     test_ids = [u for n in test_folds for u in folds[n]]
     if len(test_folds) > 1:
-        out['test (pooled)'] = round(cer([cache.text(u) for u in test_ids], [cache_hypothesis(cache, u) for u in test_ids]), 5)
+        out['test (pooled)'] = round(score([cache.text(u) for u in test_ids], [cache_hypothesis(cache, u) for u in test_ids]), 5)
     return out, examples
 
 # %% ../nbs/03_teacher.ipynb #c049
@@ -593,6 +594,7 @@ def teacher_stage(run_dir, # run directory with config.json, corpus/ and splits.
     cers, examples = teacher_cers(load_cache(run_dir), folds)
     report = {'identity': teacher.identity, 'parameters': teacher.n_params, 'vocab_size': len(teacher.vocab),
               'train_s': training['train_s'] if training else None, 'training': training, 'cer': cers,
+              'wer': teacher_cers(load_cache(run_dir), folds, 0, wer)[0],
               'test_utterances': {k: len(v) for k, v in folds.items()}, 'ood_utterances': idx['n_ood'],
               'cache': {'utterances': len(idx['ids']), 'frames': int(sum(idx['frames'])), 'bytes': idx['bytes'],
                         'build_s': idx['build_s']},
