@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 # %% auto #0
-__all__ = ['PRESETS', 'log', 'config_section', 'from_dict', 'section_preset', 'StudyConfig', 'study_config', 'write_json',
-           'read_json', 'config_hash', 'save_config', 'config_from_dict', 'load_config', 'resolve_device',
-           'derive_seed', 'MissingSourceError', 'hub_reachable', 'resolve_source']
+__all__ = ['PRESETS', 'log', 'PROGRESS_ENV', 'SMOKE_RUN', 'config_section', 'from_dict', 'section_preset', 'StudyConfig',
+           'study_config', 'write_json', 'read_json', 'config_hash', 'save_config', 'config_from_dict', 'load_config',
+           'resolve_device', 'derive_seed', 'MissingSourceError', 'hub_reachable', 'resolve_source', 'report_progress',
+           'require_run_dir']
 
 # %% ../nbs/00_config.ipynb #c005
 PRESETS = ('smoke', 'default', 'paper')
@@ -170,3 +171,45 @@ def resolve_source(id_or_path:str, # hub id (`owner/name`) or local directory/fi
         f'{what} {id_or_path!r} (config {config_key}) is not a local path and the Hugging Face hub is not reachable. '
         f'Download it on a machine with access (e.g. `huggingface-cli download {id_or_path} --local-dir DIR`), copy DIR here, '
         f'and set {config_key} to DIR in a config file passed with `asr-kd run --config FILE`.')
+
+# %% ../nbs/00_config.ipynb #c023b
+PROGRESS_ENV = 'ASR_KD_PROGRESS'
+_last_progress: dict[str, float] = {}
+
+def report_progress(task:str, # what is counted, e.g. 'emission cache', 'trials', 'KD seed 42'
+                    done:int, # units finished so far
+                    total:int|None=None, # units in all (None when unknown)
+                    unit:str='', # word for a unit: 'utterances', 'steps', 'trials'
+                    best:float|None=None, # best objective value so far (searches)
+                    every:float=2.0, # seconds between two written updates of one task
+                    **extra) -> bool:
+    "Append a progress line to the file named by `$ASR_KD_PROGRESS` (a no-op when unset); True when a line was written."
+    import time
+    path = os.environ.get(PROGRESS_ENV)
+    if not path: return False
+    now = time.time()
+    if 0 < done and (total is None or done < total) and now - _last_progress.get(task, 0.0) < every: return False
+    _last_progress[task] = now
+    rec = {'t': round(now, 3), 'task': task, 'done': int(done), 'total': None if total is None else int(total), 'unit': unit,
+           'best': None if best is None else float(best), **extra}
+    with open(path, 'a', encoding='utf-8') as f: f.write(json.dumps(rec, ensure_ascii=False) + '\n')
+    return True
+
+# %% ../nbs/00_config.ipynb #c023e
+SMOKE_RUN = Path('runs')/'smoke'
+
+def require_run_dir(run_dir=None, # the notebook's `run_dir` parameter
+                    near=None, # where to look for `runs/smoke` (default: the working directory and its parent)
+                   ) -> str:
+    "`run_dir` when set, else an existing `runs/smoke` run; otherwise a `ValueError` saying how to make one."
+    if run_dir is not None:
+        if not (Path(run_dir)/'config.json').is_file():
+            raise ValueError(f'run_dir={str(run_dir)!r} has no config.json: set run_dir to a run directory made by `asr-kd run`')
+        return str(run_dir)
+    base = Path(near or Path.cwd()).resolve()
+    for d in (base/SMOKE_RUN, base.parent/SMOKE_RUN):
+        if (d/'config.json').is_file():
+            log.warning('run_dir is None: using the smoke run %s', d)
+            return str(d)
+    raise ValueError('run_dir is None: set run_dir to a run directory made by `asr-kd run` '
+                     '(e.g. `asr-kd run --preset smoke --run-dir runs/smoke` from the repository root)')

@@ -5,20 +5,28 @@ hyperparameters, and the padding fixes that make a clip's output independent of 
 
 # %% ../nbs/04_conformer.ipynb #c001
 from __future__ import annotations
-import logging, math
+import logging, math, warnings
 from dataclasses import dataclass, asdict, fields, replace
 from pathlib import Path
 from typing import ClassVar
 import torch, torchaudio
 from torch import nn
-from .config import config_section, section_preset
+from tqdm.auto import tqdm
+from .config import config_section, section_preset, read_json, write_json, resolve_device
+from .corpus import decode_audio
+from .teacher import MFCC_SETTINGS, student_mfcc, ctc_greedy_decode
 
 # %% auto #0
-__all__ = ['log', 'N_MFCC', 'PAPER_BEST', 'InvalidHParams', 'StudentHParams', 'ConformerConfig', 'scale_hparams', 'MaskedConv1d',
-           'MaskedBatchNorm1d', 'Student', 'build_student', 'count_parameters', 'padding_invariance', 'unmasked_copy']
+__all__ = ['log', 'N_MFCC', 'PAPER_BEST', 'STUDENT_FILE', 'STUDENT_WEIGHTS', 'STUDENT_FORMAT', 'InvalidHParams', 'StudentHParams',
+           'ConformerConfig', 'scale_hparams', 'MaskedConv1d', 'MaskedBatchNorm1d', 'Student', 'build_student',
+           'count_parameters', 'padding_invariance', 'unmasked_copy', 'save_student', 'KeptStudent', 'load_student',
+           'transcribe_waves', 'transcribe_files']
 
 # %% ../nbs/04_conformer.ipynb #c005
 log = logging.getLogger(__name__)
+# torch notes once per process that 'same' padding with an even kernel (the paper's kernel_size 4) copies the input: a cost,
+# not an error, and the outputs are right; silenced so that it does not stand as a red block in every executed chapter.
+warnings.filterwarnings('ignore', message="Using padding='same' with even kernel lengths", category=UserWarning)
 N_MFCC = 13   # student input features per frame (the paper's MFCC settings)
 
 class InvalidHParams(ValueError):
@@ -223,3 +231,75 @@ def unmasked_copy(model:Student) -> Student:
     for mod in m.modules(): 
         if isinstance(mod, (MaskedConv1d, MaskedBatchNorm1d)): mod.slot = _MaskSlot()   # an empty slot: no masking
     return m
+
+# %% ../nbs/04_conformer.ipynb #c029b
+STUDENT_FILE, STUDENT_WEIGHTS, STUDENT_FORMAT = 'student.json', 'model.safetensors', 1
+
+def save_student(student:Student, # a trained student
+                 vocab:list, # the teacher's vocabulary (id -> text) the student predicts
+                 blank_id:int, # CTC blank id in `vocab`
+                 d, # directory to write (created; its two files are replaced)
+                 info:dict|None=None, # provenance and scores, e.g. {'source': 'kd baseline', 'cer': 0.41}
+                ) -> Path:
+    "Write `student` to directory `d` as `student.json` + `model.safetensors`; returns `d`."
+    from safetensors.torch import save_model
+    if len(vocab) != student.head.out_features:
+        raise ValueError(f'vocab has {len(vocab)} tokens but the student predicts {student.head.out_features}')
+    if not 0 <= blank_id < len(vocab): raise ValueError(f'blank_id={blank_id} is outside the vocabulary (0..{len(vocab) - 1})')
+    d = Path(d); d.mkdir(parents=True, exist_ok=True)
+    save_model(student, str(d/STUDENT_WEIGHTS))
+    write_json(d/STUDENT_FILE, {'format': STUDENT_FORMAT, 'hparams': asdict(student.hp), 'vocab': list(vocab),
+                                'blank_id': int(blank_id), 'mfcc': dict(MFCC_SETTINGS), 'info': dict(info or {})})
+    return d
+
+# %% ../nbs/04_conformer.ipynb #c029c
+@dataclass
+class KeptStudent:
+    "A student loaded from its directory, with the vocabulary it predicts."
+    model: Student      # in eval mode
+    vocab: list         # id -> text
+    blank_id: int       # CTC blank id
+    info: dict          # provenance and scores written by `save_student`
+
+def load_student(d, # a directory written by `save_student`
+                 device:str='cpu') -> KeptStudent:
+    "The student saved in `d`, in eval mode on `device`; a clear error when `d` is not a student directory."
+    from safetensors.torch import load_model
+    d = Path(d)
+    if not (d/STUDENT_FILE).is_file() or not (d/STUDENT_WEIGHTS).is_file():
+        raise FileNotFoundError(f'{d} is not a saved student: it needs {STUDENT_FILE} and {STUDENT_WEIGHTS} (written by save_student)')
+    meta = read_json(d/STUDENT_FILE)
+    if meta.get('format') != STUDENT_FORMAT: raise ValueError(f'{d/STUDENT_FILE} has format {meta.get("format")!r}; this package reads {STUDENT_FORMAT}')
+    if meta['mfcc'] != dict(MFCC_SETTINGS):
+        diff = sorted(k for k in set(meta['mfcc']) | set(MFCC_SETTINGS) if meta['mfcc'].get(k) != MFCC_SETTINGS.get(k))
+        raise ValueError(f'{d} was trained on other MFCC settings (differs in {diff}) than this package computes')
+    model = Student(StudentHParams.from_dict(meta['hparams']), len(meta['vocab']))
+    load_model(model, str(d/STUDENT_WEIGHTS), device='cpu')
+    return KeptStudent(model.to(device).eval(), meta['vocab'], int(meta['blank_id']), meta.get('info', {}))
+
+# %% ../nbs/04_conformer.ipynb #c029d
+@torch.no_grad()
+def transcribe_waves(kept:KeptStudent, # a loaded student
+                     waves:list, # 16 kHz mono float32 waveforms
+                     batch_size:int=8) -> list[str]:
+    "Greedy CTC transcripts of `waves` by the kept student (input order)."
+    dev = next(kept.model.parameters()).device
+    feats = [student_mfcc(w) for w in waves]
+    order = sorted(range(len(feats)), key=lambda i: len(feats[i]))
+    out = [''] * len(feats)
+    for k in range(0, len(order), batch_size):
+        pos = order[k:k + batch_size]
+        lens = [len(feats[i]) for i in pos]
+        x = torch.zeros(len(pos), max(lens), N_MFCC)
+        for r, i in enumerate(pos): x[r, :lens[r]] = torch.from_numpy(feats[i])
+        best = kept.model(x.to(dev), torch.tensor(lens, device=dev)).argmax(-1).cpu()
+        for r, i in enumerate(pos): out[i] = ctc_greedy_decode(best[r, :lens[r]], kept.vocab, kept.blank_id)
+    return out
+
+def transcribe_files(model_dir, # a directory written by `save_student`
+                     paths:list, # wav/flac files (any sample rate; multi-channel audio is mixed down)
+                     device:str='cpu', batch_size:int=8) -> list[str]:
+    "Transcripts of audio files by the student saved in `model_dir`; no run directory needed."
+    kept = load_student(model_dir, resolve_device(device))
+    waves = [decode_audio(p) for p in tqdm(paths, desc='decoding audio', disable=len(paths) < 20)]
+    return transcribe_waves(kept, waves, batch_size)

@@ -12,7 +12,7 @@ from typing import Callable, ClassVar
 import numpy as np, torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from .config import config_section, derive_seed, read_json, write_json, resolve_device
+from .config import config_section, derive_seed, read_json, write_json, resolve_device, report_progress
 from .conformer import StudentHParams, PAPER_BEST, build_student, count_parameters, scale_hparams, N_MFCC
 from .teacher import ctc_greedy_decode, cer, cache_hypothesis, set_threads
 
@@ -198,6 +198,7 @@ def train_student(hp:StudentHParams, # student hyperparameters (already scaled t
                 torch.nn.utils.clip_grad_norm_(student.parameters(), kd_cfg.grad_clip)
                 optimizer.step()
                 losses.append(loss.item()); done += 1; bar.update()
+                if progress: report_progress(f'KD seed {seed}', done, steps, 'steps', loss=round(losses[-1], 4))
         bar.close()
     return TrainResult(student, optimizer, losses, done, time.time() - t0)
 

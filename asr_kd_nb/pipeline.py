@@ -4,17 +4,21 @@
 
 # %% ../nbs/08_pipeline.ipynb #c001
 from __future__ import annotations
-import argparse, importlib, importlib.util, json, logging, os, re, sys, time
+import argparse, importlib, importlib.util, json, logging, os, re, sys, threading, time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from .config import (PRESETS, StudyConfig, study_config, save_config, read_json, write_json, config_hash,
-                              config_from_dict, _SECTIONS)
+                              config_from_dict, _SECTIONS,
+                              PROGRESS_ENV, report_progress)
+from typing import Callable
 
 # %% auto #0
-__all__ = ['STAGES', 'KERNEL', 'log', 'PUBLISHED', 'Stage', 'nbs_dir', 'available_stages', 'stage_fingerprint', 'stage_keys',
-           'stage_done', 'StageFailed', 'ensure_kernel', 'execute_stage', 'ConfigMismatch', 'prepare_run_dir',
-           'run_study', 'load_config_file', 'build_config', 'publish_results', 'render_readme', 'write_readme', 'main']
+__all__ = ['STAGES', 'KERNEL', 'log', 'PUBLISHED', 'LAB_HOOK', 'Stage', 'nbs_dir', 'available_stages', 'stage_fingerprint',
+           'stage_keys', 'stage_done', 'progress_line', 'ProgressWatcher', 'StageFailed', 'ensure_kernel',
+           'execute_stage', 'ConfigMismatch', 'prepare_run_dir', 'run_study', 'load_config_file', 'build_config',
+           'publish_results', 'render_readme', 'write_readme', 'run_headline', 'compare_runs', 'clean_on_save',
+           'lab_command', 'main']
 
 # %% ../nbs/08_pipeline.ipynb #c006
 @dataclass(frozen=True)
@@ -72,6 +76,82 @@ def stage_done(run_dir, cfg, stage, stages, key, fraction) -> bool:
     if not rec or rec.get('fingerprint') != stage_fingerprint(cfg, stage, stages): return False
     return all((run_dir/o.format(fraction=fraction)).exists() for o in stage.outputs)
 
+# %% ../nbs/08_pipeline.ipynb #c011b
+def _duration(s:float) -> str:
+    "Seconds as '42 s', '3 min 20 s' or '1 h 05 min'."
+    s = int(round(s))
+    if s < 60: return f'{s} s'
+    if s < 3600: return f'{s // 60} min {s % 60:02d} s'
+    return f'{s // 3600} h {s % 3600 // 60:02d} min'
+
+def progress_line(rec:dict, # the task's latest record
+                  first:dict, # the task's first record (rate and ETA are measured from it)
+                 ) -> str:
+    "One console line for a progress record: done/total, percent, best so far, rate and the time left."
+    done, total, unit = rec['done'], rec.get('total'), rec.get('unit') or 'units'
+    parts = [f"{rec['task']}: {done}/{total} {unit}" if total else f"{rec['task']}: {done} {unit}"]
+    if total: parts[0] += f' ({100 * done / total:.0f} %)'
+    if rec.get('best') is not None: parts.append(f"best {rec['best']:.4g}")
+    dt, dn = rec['t'] - first['t'], done - first['done']
+    if dt > 0 and dn > 0:
+        rate = dn / dt
+        parts.append(f'{rate:.2g} {unit}/s' if rate >= 0.5 else f'{60 * rate:.2g} {unit}/min')
+        if total and done < total:
+            eta = (total - done) / rate
+            if rec.get('deadline'): eta = max(0.0, min(eta, rec['deadline'] - rec['t']))   # a task stopped by a time cap
+            parts.append(f'ETA {_duration(eta)}')
+    if total and done >= total: parts.append(f'done in {_duration(dt)}' if dt > 0 else 'done')
+    return ', '.join(parts)
+
+# %% ../nbs/08_pipeline.ipynb #c011d
+class ProgressWatcher:
+    "Names a progress file in `$ASR_KD_PROGRESS` while active and prints its new records, one line per task every `every` s."
+    def __init__(self, path, # the progress file (removed first: a rerun starts afresh)
+                 enabled:bool=True, # False: still sets the variable, prints nothing
+                 every:float=15.0, # seconds between two lines of one task (a finished task is printed at once)
+                 poll:float=1.0, # seconds between two reads of the file
+                 say:Callable=None): # where lines go (default: stderr, indented under the stage's line)
+        self.path, self.enabled, self.every, self.poll_s = Path(path), enabled, every, poll
+        self.say = say or (lambda m: print(f'      {m}', file=sys.stderr, flush=True))
+        self.first, self.last, self.printed, self.pos = {}, {}, {}, 0
+        self._stop, self._thread = threading.Event(), None
+
+    def poll(self) -> list[str]:
+        "Read the records written since the last poll and print the lines that are due; returns them."
+        if not self.path.exists(): return []
+        with open(self.path, encoding='utf-8') as f:
+            f.seek(self.pos); chunk = f.read()
+        end = chunk.rfind('\n') + 1             # a line still being written waits for the next poll
+        self.pos += len(chunk[:end].encode('utf-8'))
+        for line in chunk[:end].splitlines():
+            try: rec = json.loads(line)
+            except json.JSONDecodeError: log.warning('ignoring a malformed progress line in %s: %r', self.path, line[:80]); continue
+            self.first.setdefault(rec['task'], rec); self.last[rec['task']] = rec
+        out, now = [], time.time()
+        for task, rec in self.last.items():
+            if self.printed.get(task, (None, 0.0))[0] is rec: continue
+            finished = rec.get('total') and rec['done'] >= rec['total']
+            if finished or now - self.printed.get(task, (None, 0.0))[1] >= self.every:
+                out.append(progress_line(rec, self.first[task])); self.printed[task] = (rec, now)
+        if self.enabled:
+            for m in out: self.say(m)
+        return out
+
+    def _run(self):
+        while not self._stop.wait(self.poll_s): self.poll()
+
+    def __enter__(self):
+        self.path.unlink(missing_ok=True)
+        self._old = os.environ.get(PROGRESS_ENV); os.environ[PROGRESS_ENV] = str(self.path)
+        self._thread = threading.Thread(target=self._run, daemon=True); self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set(); self._thread.join()
+        self.poll()
+        if self._old is None: os.environ.pop(PROGRESS_ENV, None)
+        else: os.environ[PROGRESS_ENV] = self._old
+
 # %% ../nbs/08_pipeline.ipynb #c012
 KERNEL = 'asr-kd'
 
@@ -90,17 +170,23 @@ def ensure_kernel(name:str=KERNEL) -> str:
     install(kernel_name=name, display_name=f'Python ({name})', prefix=sys.prefix)
     return name
 
-def execute_stage(stage:Stage, run_dir, fraction:str|None=None, nbs:Path|None=None, progress:bool=True) -> Path:
+def execute_stage(stage:Stage, run_dir, fraction:str|None=None, nbs:Path|None=None,
+                  progress:bool=True, # print the stage's progress lines (`report_progress`) with an ETA
+                  verbose:bool=False, # also papermill's INFO log, its per-cell bar and the notebook's own output
+                 ) -> Path:
     "Execute `stage`'s notebook with papermill into `run_dir/notebooks/`; returns the executed notebook's path."
     import papermill as pm
     run_dir = Path(run_dir).resolve(); nbs = nbs or nbs_dir()
     out = run_dir/'notebooks'/(f'{stage.name}-frac-{fraction}.ipynb' if fraction else f'{stage.name}.ipynb')
     out.parent.mkdir(parents=True, exist_ok=True)
     params = {'run_dir': str(run_dir), **({'data_fraction': float(fraction)} if fraction else {})}
-    try:
-        pm.execute_notebook(str(nbs/f'{stage.name}.ipynb'), str(out), parameters=params, kernel_name=ensure_kernel(),
-                            cwd=str(run_dir), progress_bar=progress, log_output=False)
-    except pm.PapermillExecutionError as e: raise StageFailed(stage.name, out, f'{e.ename}: {e.evalue}') from None
+    logging.getLogger('papermill').setLevel(logging.INFO if verbose else logging.WARNING)
+    with ProgressWatcher(out.with_suffix('.progress.jsonl'), enabled=progress):
+        try:
+            pm.execute_notebook(str(nbs/f'{stage.name}.ipynb'), str(out), parameters=params, kernel_name=ensure_kernel(),
+                                cwd=str(run_dir), progress_bar=progress and verbose, log_output=verbose,
+                                extra_arguments=[] if verbose else ['--IPKernelApp.log_level=ERROR'])   # no kernel start-up notices
+        except pm.PapermillExecutionError as e: raise StageFailed(stage.name, out, f'{e.ename}: {e.evalue}') from None
     return out
 
 # %% ../nbs/08_pipeline.ipynb #c014
@@ -137,7 +223,8 @@ def _say(msg): print(msg, file=sys.stderr, flush=True)
 
 def run_study(cfg:StudyConfig, run_dir, stages:list|None=None, # stage names to run (all available by default)
               force:str|None=None, # redo this stage and every later one
-              progress:bool=True) -> dict:
+              progress:bool=True, # progress lines of long stages (see `ProgressWatcher`)
+              verbose:bool=False) -> dict: # papermill's log and the notebooks' output on the console
     "Run the available stages in order into `run_dir`, skipping done ones; returns the timings."
     avail = available_stages()
     names = [s.name for s in avail]
@@ -157,7 +244,7 @@ def run_study(cfg:StudyConfig, run_dir, stages:list|None=None, # stage names to 
                 _say(f'{label}: done earlier with this config, skipped'); continue
             _say(f'{label}: running')
             ts = time.time()
-            nb = execute_stage(st, run_dir, frac, progress=progress)
+            nb = execute_stage(st, run_dir, frac, progress=progress, verbose=verbose)
             dt = round(time.time() - ts, 1)
             done[key] = {'fingerprint': stage_fingerprint(cfg, st, avail), 'notebook': str(nb.relative_to(run_dir)),
                          'finished': datetime.now(timezone.utc).isoformat(timespec='seconds'), 'wall_s': dt}
@@ -241,6 +328,79 @@ def write_readme(check:bool=False) -> bool:
     if not check and not same: p.write_text(text, encoding='utf-8')
     return same
 
+# %% ../nbs/08_pipeline.ipynb #c024b
+def _pooled(cers:dict) -> float|None:
+    "The pooled test CER of teacher.json's `cer`, else the mean over its test folds."
+    if not cers: return None
+    if 'test (pooled)' in cers: return cers['test (pooled)']
+    v = [c for k, c in cers.items() if k != 'ood']
+    return sum(v) / len(v) if v else None
+
+def run_headline(run_dir) -> dict:
+    "The headline figures of a run (label -> value), read from its files; missing stages give no entries."
+    d = Path(run_dir)
+    if not (d/'config.json').is_file(): raise ValueError(f'{d} is not a run directory (no config.json); make one with `asr-kd run`')
+    rj = lambda p: read_json(d/p) if (d/p).is_file() else {}
+    cfg, t, kd, tim = rj('config.json'), rj('teacher/teacher.json'), rj('kd/baseline.json'), rj('timings.json')
+    n_utts = sum(1 for _ in open(d/'corpus'/'manifest.jsonl', encoding='utf-8')) if (d/'corpus'/'manifest.jsonl').is_file() else None
+    h = {'preset': cfg.get('preset'), 'seed': cfg.get('seed'), 'utterances': n_utts,
+         'teacher parameters': t.get('parameters'), 'teacher CER (test)': _pooled(t.get('cer') or {}),
+         'teacher CER (ood)': (t.get('cer') or {}).get('ood'),
+         'teacher WER (test)': _pooled(t.get('wer') or {}),
+         'student parameters': kd.get('parameters'), 'student CER (baseline)': kd.get('gmean'), 'student WER (baseline)': kd.get('wer')}
+    for b in sorted(d.glob('search/frac-*/best.json')):
+        best = (read_json(b).get('best') or {})
+        h[f'best CER, {b.parent.name}'] = best.get('gmean_cer')
+    h['stage time (min)'] = round(tim['total_s'] / 60, 1) if 'total_s' in tim else None
+    return {k: v for k, v in h.items() if v is not None}
+
+def compare_runs(run_dirs:list, # two or more run directories
+                ) -> str:
+    "Headline figures of `run_dirs` side by side, then the config keys in which they differ."
+    import pandas as pd
+    if len(run_dirs) < 2: raise ValueError(f'compare needs at least two run directories, got {len(run_dirs)}')
+    names = [Path(r).name if Path(r).name not in [Path(o).name for o in run_dirs if o != r] else str(r) for r in run_dirs]
+    heads = [run_headline(r) for r in run_dirs]
+    rows = list(dict.fromkeys(k for h in heads for k in h))
+    fmt = lambda v: '' if v is None else (f'{v:.4g}' if isinstance(v, float) else (f'{v:,}' if isinstance(v, int) else str(v)))
+    table = pd.DataFrame({n: [fmt(h.get(k)) for k in rows] for n, h in zip(names, heads)}, index=rows)
+    cfgs = [read_json(Path(r)/'config.json') for r in run_dirs]
+    keys = sorted({k for c in cfgs[1:] for k in _diff_keys(cfgs[0], c)})
+    def at(c, k):
+        for part in k.split('.'): c = c.get(part) if isinstance(c, dict) else None
+        return json.dumps(c, ensure_ascii=False) if c is not None else '(absent)'
+    out = table.to_string()
+    if keys: out += '\n\nconfig differences:\n' + pd.DataFrame({n: [at(c, k) for k in keys] for n, c in zip(names, cfgs)}, index=keys).to_string()
+    else: out += '\n\nsame config'
+    return out
+
+# %% ../nbs/08_pipeline.ipynb #c024e
+LAB_HOOK = 'asr_kd_nb.pipeline.clean_on_save'
+
+def clean_on_save(model:dict, # the contents model being saved
+                  path:str, # its API path (relative to the server's root)
+                  contents_manager=None, # the server's contents manager (resolves the file's real path)
+                  **kwargs):
+    "Jupyter pre-save hook: clean a notebook as `nbdev-clean` does, when its project sets `jupyter_hooks = true`."
+    from nbdev.config import get_config
+    from nbdev.clean import clean_nb
+    if model.get('type') != 'notebook' or (model.get('content') or {}).get('nbformat') != 4: return
+    os_path = Path(contents_manager._get_os_path(path)) if hasattr(contents_manager, '_get_os_path') else Path(path)
+    cfg = get_config(path=os_path.parent)
+    if not cfg.get('jupyter_hooks'): return
+    clean_nb(model['content'], cfg.get('clear_all'), cfg.get('allowed_metadata_keys') or [], cfg.get('allowed_cell_metadata_keys') or [],
+             cfg.get('clean_ids'), cfg.get('allowed_out_metadata_keys') or [])
+
+def lab_command(root=None, # folder Lab opens (default: nbs/)
+                port:int|None=None, # None: Jupyter picks a free one
+                extra:list=()) -> list[str]:
+    "The `jupyter lab` command `asr-kd lab` runs: chapters cleaned on save, `--allow-root` when running as root."
+    cmd = [sys.executable, '-m', 'jupyterlab', f'--ServerApp.root_dir={Path(root or nbs_dir()).resolve()}',
+           f'--ContentsManager.pre_save_hook={LAB_HOOK}']
+    if port: cmd.append(f'--ServerApp.port={int(port)}')
+    if hasattr(os, 'geteuid') and os.geteuid() == 0: cmd.append('--allow-root')
+    return cmd + list(extra)
+
 # %% ../nbs/08_pipeline.ipynb #c025
 def _parser() -> argparse.ArgumentParser:
     stage_names = [s.name for s in STAGES]
@@ -257,8 +417,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument('--config', help='JSON file of overrides, e.g. {"teacher": {"source": "/models/w2v2"}} (may also set "preset")')
     r.add_argument('--stages', nargs='+', metavar='STAGE', help=f'run only these stages (of {", ".join(stage_names)})')
     r.add_argument('--force', metavar='STAGE', help='redo STAGE and every later stage (also accepts a changed config)')
-    r.add_argument('--no-progress', action='store_true', help='no per-cell progress bars')
-    s = sub.add_parser('search', help='one Optuna worker on a fraction\'s study (start several against one storage)')
+    r.add_argument('--no-progress', action='store_true', help='no progress lines of long stages')
+    r.add_argument('--verbose', action='store_true', help="also papermill's log, its per-cell bar and the notebooks' output")
+    s = sub.add_parser('search', help='one Optuna worker on a fraction\'s study (start several against one storage)',
+                       description='Run trials of one data fraction\'s Optuna study until it has N finished trials; start '
+                       'several workers, on one or many machines, against one storage (SQLite on one machine, PostgreSQL across '
+                       'machines). The run directory must hold the splits and the teacher cache (stages up to 05_kd).')
     s.add_argument('--run-dir', required=True, help='run directory whose splits and teacher cache the trials use')
     s.add_argument('--fraction', type=float, required=True, help='data fraction, e.g. 0.3')
     s.add_argument('--storage', help='Optuna storage URL (sqlite:///..., postgresql://user:pw@host/db); default: the config\'s')
@@ -266,15 +430,37 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument('--objective', help="scorer factory 'module:function' (default: the KD objective; "
                                        "asr_kd_nb.search:dry_run_scorer checks a storage/worker setup without training)")
     s.add_argument('--no-export', action='store_true', help='do not write search/frac-X/ (trials.csv, best.json, figures)')
-    b = sub.add_parser('bench', help='print performance figures (clustering, kd)')
+    b = sub.add_parser('bench', help='print performance figures (clustering, kd)',
+                       description='Measure and print performance figures: clustering speed, or KD training speed and memory '
+                       'on a run\'s teacher cache. Timings depend on the machine and its load.')
     b.add_argument('what', choices=['clustering', 'kd'], help='which benchmark')
     b.add_argument('--run-dir', help='run directory (kd: uses its teacher and cache)')
-    h = sub.add_parser('report', help='render the executed notebooks of a run to static HTML (no Quarto needed)')
-    h.add_argument('--run-dir', required=True)
-    u = sub.add_parser('publish', help="copy a finished run's figures and summary into nbs/images/ for the README and docs")
-    u.add_argument('--run-dir', required=True)
-    m = sub.add_parser('readme', help='write README.md from nbs/index.ipynb')
+    h = sub.add_parser('report', help='render the executed notebooks of a run to static HTML (no Quarto needed)',
+                       description='Render a run\'s executed notebooks and its results to static HTML pages under RUN_DIR/report/html; '
+                       'prints the path of the index page, which opens in any browser without a server.')
+    h.add_argument('--run-dir', required=True, help='a run directory made by `asr-kd run`')
+    u = sub.add_parser('publish', help="copy a finished run's figures and summary into nbs/images/ for the README and docs",
+                       description='Replace nbs/images/ with the figures, report/summary.json and timings of a finished run, with '
+                       'its provenance (preset, command, commit, date); then `asr-kd readme` regenerates README.md from them.')
+    u.add_argument('--run-dir', required=True, help='a finished run directory (with report/summary.json)')
+    m = sub.add_parser('readme', help='write README.md from nbs/index.ipynb',
+                       description='Execute nbs/index.ipynb and write README.md from it (cells flagged `echo: false` show only '
+                       'their output); with --check, only tell whether README.md is up to date.')
     m.add_argument('--check', action='store_true', help='only check that README.md is up to date (exit 1 if not)')
+    l = sub.add_parser('lab', help='start JupyterLab on the chapters (cleaned on save; works as root)',
+                       description='Start JupyterLab in nbs/ with the project\'s pre-save hook, so that saving a chapter leaves it '
+                       'clean for the test command; adds --allow-root when run as root. Further arguments go to jupyter lab.')
+    l.add_argument('jupyter_args', nargs=argparse.REMAINDER, help='arguments for jupyter lab, e.g. --port 8890 --no-browser')
+    t = sub.add_parser('transcribe', help='transcribe wav/flac files with a saved student',
+                       description='Print one line per audio file, "FILE<TAB>TRANSCRIPT", by greedy CTC decoding with a student '
+                       'saved by a run (e.g. RUN_DIR/kd/student); no run directory is needed.')
+    t.add_argument('--model', required=True, metavar='DIR', help='a student directory (student.json + model.safetensors)')
+    t.add_argument('audio', nargs='+', metavar='AUDIO', help='wav or flac files (any sample rate; resampled to 16 kHz mono)')
+    t.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'auto'")
+    c = sub.add_parser('compare', help='print the headline figures of several runs side by side',
+                       description='Print the teacher\'s and the KD baseline\'s CER/WER, each fraction\'s best search result and '
+                       'the compute of two or more runs side by side, then the config keys in which the runs differ.')
+    c.add_argument('runs', nargs='+', metavar='RUN_DIR', help='two or more run directories')
     return p
 
 # %% ../nbs/08_pipeline.ipynb #c026
@@ -286,13 +472,22 @@ def main(argv:list|None=None) -> int:
     try:
         if a.cmd == 'run':
             cfg = build_config(a.preset, a.config)
-            t = run_study(cfg, a.run_dir, a.stages, a.force, progress=not a.no_progress)
+            t = run_study(cfg, a.run_dir, a.stages, a.force, progress=not a.no_progress, verbose=a.verbose)
             _say(f'done in {t["last_invocation_s"]:.0f} s (study total {t["total_s"]:.0f} s); results in {Path(a.run_dir).resolve()}')
             rep = Path(a.run_dir)/'report'/'summary.json'
             if rep.exists():
                 from asr_kd_nb.datasize import headline
                 _say(headline(a.run_dir))
             return 0
+        if a.cmd == 'transcribe':
+            from asr_kd_nb.conformer import transcribe_files
+            for f, text in zip(a.audio, transcribe_files(a.model, a.audio, a.device)): print(f'{f}\t{text}', flush=True)
+            return 0
+        if a.cmd == 'lab':
+            import subprocess
+            return subprocess.call(lab_command(extra=a.jupyter_args), cwd=nbs_dir().parent)
+        if a.cmd == 'compare':
+            print(compare_runs(a.runs)); return 0
         if a.cmd == 'search':
             from asr_kd_nb.search import search_worker
             search_worker(a.run_dir, a.fraction, a.storage, a.n_trials, a.objective, export=not a.no_export); return 0

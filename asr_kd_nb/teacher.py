@@ -13,12 +13,12 @@ from typing import ClassVar
 import numpy as np, soundfile as sf, torch, torch.nn as nn, torch.nn.functional as F, torchaudio, jiwer
 from tqdm.auto import tqdm
 from .config import (config_section, load_config, write_json, read_json, config_hash, resolve_device, derive_seed,
-                              resolve_source)
+                              resolve_source, report_progress)
 from .corpus import Utterance, read_manifest, decode_audio, normalize_text, SAMPLE_RATE, VOCAB_CHARS
 
 # %% auto #0
 __all__ = ['log', 'PAPER_TEACHER', 'PAPER_REVISION', 'MFCC_SETTINGS', 'WIN', 'HOP', 'CONFORMER_ARCH', 'CACHE_FORMAT',
-           'TeacherConfig', 'set_threads', 'ctc_greedy_decode', 'cer', 'student_mfcc', 'align_frames', 'Teacher',
+           'TeacherConfig', 'set_threads', 'ctc_greedy_decode', 'cer', 'wer', 'student_mfcc', 'align_frames', 'Teacher',
            'ConformerCTC', 'HFCTC', 'hf_vocab', 'make_w2v2', 'weights_sha256', 'save_conformer', 'load_teacher',
            'text_ids', 'train_ctc', 'file_sha256', 'build_teacher_model', 'obtain_teacher', 'teacher_key',
            'cache_manifests', 'cache_key', 'cache_emissions', 'EmissionCache', 'load_cache', 'cache_hypothesis',
@@ -93,6 +93,14 @@ def cer(refs:list, # reference transcripts
     if len(refs) != len(hyps): raise ValueError(f'{len(refs)} references but {len(hyps)} hypotheses')
     if not refs: raise ValueError('cer of an empty set of utterances is undefined')
     return float(jiwer.cer(list(refs), list(hyps)))
+
+def wer(refs:list, # reference transcripts
+        hyps:list, # hypotheses, same order
+       ) -> float:
+    "Word error rate summed over all utterances (jiwer), the companion of `cer`."
+    if len(refs) != len(hyps): raise ValueError(f'{len(refs)} references but {len(hyps)} hypotheses')
+    if not refs: raise ValueError('wer of an empty set of utterances is undefined')
+    return float(jiwer.wer(list(refs), list(hyps)))
 
 # %% ../nbs/03_teacher.ipynb #c014
 MFCC_SETTINGS = dict(sample_rate=SAMPLE_RATE, n_mfcc=13, n_mels=64, n_fft=512, win_length=400, hop_length=320, center=False,
@@ -368,6 +376,8 @@ def train_ctc(model:nn.Module, # forward(waves, gen) -> (logits, n_frames)
             opt.zero_grad(set_to_none=True); loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step()
             losses.append(loss.item()); step += 1; bar.update(1)
+            if progress: report_progress('teacher training', step, tc.max_steps, 'steps', loss=round(loss.item(), 4),
+                                         deadline=time.time() + budget_s - (time.monotonic() - t0))   # the wall-clock cap
             if step % 25 == 0: bar.set_postfix(loss=f'{np.mean(losses[-25:]):.3f}', lr=f'{lr:.1e}')
         else: continue
         break
@@ -502,6 +512,7 @@ def cache_emissions(run_dir, # run directory (reads corpus manifests, writes cac
         state['done'] = s + len(b); state['build_s'] = round(state['build_s'] + time.monotonic() - t0, 2); t0 = time.monotonic()
         write_json(d/'building.json', state)
         bar.update(len(b))
+        if progress: report_progress('emission cache', state['done'], len(utts), 'utterances')
     bar.close(); del lp, mf
     n_main = len(read_manifest(manifests[0]))
     idx = {'key': key, 'teacher': teacher.identity, 'vocab': teacher.vocab, 'blank_id': teacher.blank_id, 'ids': ids,
@@ -552,6 +563,7 @@ def cache_hypothesis(cache:EmissionCache, uid:str) -> str:
 def teacher_cers(cache:EmissionCache, # the emission cache
                  folds:dict, # fold name -> utterance ids (e.g. splits.json's test_folds)
                  n_examples:int=3, # reference/hypothesis pairs kept per fold
+                 score=cer, # error rate of (references, hypotheses): `cer`, or `wer`
                 ) -> tuple[dict, list]:
     "({fold: CER, 'test (pooled)': CER, 'ood': CER}, examples) from the cached emissions."
     folds = dict(folds)
@@ -559,12 +571,12 @@ def teacher_cers(cache:EmissionCache, # the emission cache
     out, examples = {}, []
     for name, ids in folds.items():
         refs, hyps = [cache.text(u) for u in ids], [cache_hypothesis(cache, u) for u in ids]
-        out[name] = round(cer(refs, hyps), 5)
+        out[name] = round(score(refs, hyps), 5)
         examples += [{'fold': name, 'id': u, 'reference': r, 'hypothesis': h} for u, r, h in list(zip(ids, refs, hyps))[:n_examples]]
     test_folds = [n for n in folds if n != 'ood']
     test_ids = [u for n in test_folds for u in folds[n]]
     if len(test_folds) > 1:
-        out['test (pooled)'] = round(cer([cache.text(u) for u in test_ids], [cache_hypothesis(cache, u) for u in test_ids]), 5)
+        out['test (pooled)'] = round(score([cache.text(u) for u in test_ids], [cache_hypothesis(cache, u) for u in test_ids]), 5)
     return out, examples
 
 # %% ../nbs/03_teacher.ipynb #c049
@@ -582,6 +594,7 @@ def teacher_stage(run_dir, # run directory with config.json, corpus/ and splits.
     cers, examples = teacher_cers(load_cache(run_dir), folds)
     report = {'identity': teacher.identity, 'parameters': teacher.n_params, 'vocab_size': len(teacher.vocab),
               'train_s': training['train_s'] if training else None, 'training': training, 'cer': cers,
+              'wer': teacher_cers(load_cache(run_dir), folds, 0, wer)[0],
               'test_utterances': {k: len(v) for k, v in folds.items()}, 'ood_utterances': idx['n_ood'],
               'cache': {'utterances': len(idx['ids']), 'frames': int(sum(idx['frames'])), 'bytes': idx['bytes'],
                         'build_s': idx['build_s']},

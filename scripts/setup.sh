@@ -38,3 +38,10 @@ fi
 if [ ! -d .venv/share/jupyter/kernels/asr-kd ]; then
   .venv/bin/python -m ipykernel install --sys-prefix --name asr-kd --display-name "Python (asr-kd)" >/dev/null
 fi
+
+# JupyterLab from this environment saves notebooks the way `nbdev-clean` leaves them (asr_kd_nb.pipeline.clean_on_save).
+hook=.venv/etc/jupyter/jupyter_server_config.d/asr-kd-clean-on-save.json
+if [ ! -f "$hook" ]; then
+  mkdir -p "$(dirname "$hook")"
+  echo '{"ContentsManager": {"pre_save_hook": "asr_kd_nb.pipeline.clean_on_save"}}' > "$hook"
+fi
