@@ -102,6 +102,7 @@ def test_teacher_with_wrong_frame_rate_is_refused_before_the_cache(tmp_path):
 # --- item 2: a clustering with fewer clusters than asked fails stage 01, naming what to change
 def test_one_cluster_clustering_fails_the_clustering_stage(tmp_path):
     from asr_kd_nb.clustering import cluster_stage
+    available_stages()   # registers the splits section, which the check reads
     run = tmp_path/'run'
     utts = [Utterance(f'u{i:03d}', str(run/'corpus'/'audio'/f'u{i:03d}.wav'), 'да', 1.0, None) for i in range(40)]
     write_manifest(utts, run/'corpus'/'manifest.jsonl')
