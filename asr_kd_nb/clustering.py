@@ -11,15 +11,16 @@ from pathlib import Path
 from typing import ClassVar
 import numpy as np
 from tqdm.auto import tqdm
-from .config import config_section, write_json, read_json, resolve_source, derive_seed, resolve_device, load_config
+from .config import config_section, write_json, read_json, resolve_source, derive_seed, resolve_device, load_config, require, config_source
 from .corpus import read_manifest, decode_audio, SAMPLE_RATE
 
 # %% auto #0
 __all__ = ['log', 'ALGORITHMS', 'ClusteringConfig', 'mfcc_statistics', 'standardise_rows', 'l2_normalise', 'embed_xvectors',
            'torch_threads', 'embed_utterances', 'condensed_distances', 'cut_tree', 'birch_labels',
            'silhouette_from_distances', 'row_name', 'clustering_grid', 'relabel_by_size', 'silhouette_sample_distances',
-           'sweep_clusterings', 'chosen_spec', 'choose_row', 'exact_knn', 'umap_2d', 'plot_umap', 'plot_silhouettes',
-           'write_labels', 'read_labels', 'cluster_stage', 'synthetic_speaker_vectors', 'bench_clustering']
+           'sweep_clusterings', 'chosen_spec', 'choose_row', 'check_chosen', 'exact_knn', 'umap_2d', 'plot_umap',
+           'plot_silhouettes', 'write_labels', 'read_labels', 'cluster_stage', 'synthetic_speaker_vectors',
+           'bench_clustering']
 
 # %% ../nbs/01_clustering.ipynb #c005
 log = logging.getLogger(__name__)
@@ -57,6 +58,22 @@ class ClusteringConfig:
                   'birch_thresholds': [0.1, 0.44], 'agglomerative_k': [2], 'choose': 'config', 'algorithm': 'birch',
                   'k': 10, 'threshold': 0.44, 'batch_size': 16},
     }
+
+    def __post_init__(self):
+        for k, ok in (('embedder', ('mfcc', 'xvector')), ('choose', ('config', 'silhouette', 'speakers')),
+                      ('algorithm', ('kmeans', 'birch', 'agglomerative')), ('init', ('k-means++', 'random'))):
+            require(getattr(self, k) in ok, f'clustering.{k}', getattr(self, k), f'one of {ok}')
+        require(self.k >= 2, 'clustering.k', self.k, 'an integer >= 2')
+        require(self.threshold > 0, 'clustering.threshold', self.threshold, 'a Birch radius > 0')
+        for k in ('kmeans_k', 'birch_k', 'agglomerative_k'):
+            v = getattr(self, k)
+            require(all(type(x) is int and x >= 2 for x in v), f'clustering.{k}', v, 'a list of integers >= 2')
+        require(all(type(t) in (int, float) and t > 0 for t in self.birch_thresholds), 'clustering.birch_thresholds',
+                self.birch_thresholds, 'a list of numbers > 0')
+        for k in ('batch_size', 'n_mfcc', 'min_k', 'min_cluster_size', 'silhouette_sample', 'n_jobs', 'umap_neighbors'):
+            require(getattr(self, k) >= 1, f'clustering.{k}', getattr(self, k), 'an integer >= 1')
+
+config_source('clustering', 'xvector_model', 'x-vector model', used=lambda c: c.embedder == 'xvector', revision_key='xvector_revision')
 
 # %% ../nbs/01_clustering.ipynb #c007
 @functools.lru_cache(maxsize=4)
@@ -361,6 +378,23 @@ def choose_row(rows:list[dict], # sweep rows
                                 f'{" for " + algorithm if algorithm else ""}; lower clustering.min_k/min_cluster_size or widen the grid')
     return max(ok, key=lambda r: r['silhouette'])
 
+# %% ../nbs/01_clustering.ipynb #h11l02
+def check_chosen(row:dict, # the chosen sweep row
+                 spec:tuple|None, # (algorithm, params) the config asked for, or None (silhouette rule)
+                 need:int, # clusters the splits need (test folds + a training cluster)
+                 cfg:ClusteringConfig) -> dict:
+    "`row`, or a `ValueError` naming the algorithm, its parameters, the clusters found and the keys to change when too few."
+    asked = spec[1]['k'] if spec else cfg.min_k
+    if row['k'] >= max(asked, need): return row
+    params = ', '.join(f'{k}={v}' for k, v in row['params'].items())
+    fix = {'birch': f'lower clustering.threshold (Birch left {row.get("subclusters", "?")} subclusters at threshold {row["params"].get("threshold")})',
+           'kmeans': 'change clustering.init or clustering.k', 'agglomerative': 'change clustering.k'}[row['algorithm']]
+    raise ValueError(f'the chosen clustering {row["name"]} ({row["algorithm"]}: {params}; clustering.choose={cfg.choose!r}) found '
+                     f'{row["k"]} cluster(s) (silhouette {row["silhouette"]}), fewer than the {asked} asked for'
+                     f' or the {need} the splits need (test folds from splits.n_test_folds or '
+                     f'splits.test_clusters, plus training clusters); {fix}, or choose another clustering.algorithm, '
+                     f'or lower splits.n_test_folds')
+
 # %% ../nbs/01_clustering.ipynb #c034
 def exact_knn(X:np.ndarray, k:int=15, block:int=2048) -> tuple[np.ndarray, np.ndarray]:
     "(indices, euclidean distances) of the `k` nearest rows of every row of `X`, itself first."
@@ -465,6 +499,8 @@ def cluster_stage(run_dir, # run directory with corpus/manifest.jsonl and config
                                      seed, cfg.n_jobs)
     sweep_s = time.perf_counter() - t0
     best = choose_row(rows, rule, spec, cfg)
+    from asr_kd_nb.splits import clusters_needed   # the splits chapter owns the rule; imported here to fail before stage 02
+    check_chosen(best, spec, clusters_needed(scfg.splits), cfg)
     by_sil = choose_row(rows, 'silhouette', None, cfg)
     chosen = {'algorithm': best['algorithm'], 'params': best['params'], 'k': best['k'], 'silhouette': best['silhouette'],
               'ari': best.get('ari'), 'nmi': best.get('nmi'), 'name': best['name'], 'rule': rule,

@@ -4,16 +4,18 @@
 
 # %% ../nbs/00_config.ipynb #c001
 from __future__ import annotations
-import dataclasses, hashlib, json, logging, os, socket
+import dataclasses, hashlib, json, logging, os, re, socket
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 from typing import Any, ClassVar
 
 # %% auto #0
-__all__ = ['PRESETS', 'log', 'PROGRESS_ENV', 'SMOKE_RUN', 'config_section', 'from_dict', 'section_preset', 'StudyConfig',
-           'study_config', 'write_json', 'read_json', 'config_hash', 'save_config', 'config_from_dict', 'load_config',
-           'resolve_device', 'derive_seed', 'MissingSourceError', 'hub_reachable', 'resolve_source', 'report_progress',
-           'require_run_dir']
+__all__ = ['PRESETS', 'log', 'HUB_MODES', 'HUB_ID', 'PROGRESS_ENV', 'SMOKE_RUN', 'config_section', 'ConfigError', 'require',
+           'value_fits', 'check_types', 'from_dict', 'section_preset', 'StudyConfig', 'study_config', 'write_json',
+           'read_json', 'config_hash', 'save_config', 'config_from_dict', 'load_config', 'resolve_device',
+           'derive_seed', 'MissingSourceError', 'apply_hub_mode', 'hub_offline', 'hub_reachable', 'looks_like_path',
+           'in_hf_cache', 'download_advice', 'resolve_source', 'Source', 'config_source', 'config_check', 'hub_lookup',
+           'check_source', 'InvalidConfig', 'validate_config', 'report_progress', 'require_run_dir']
 
 # %% ../nbs/00_config.ipynb #c005
 PRESETS = ('smoke', 'default', 'paper')
@@ -29,12 +31,42 @@ def config_section(name:str): # key of the section in `config.json`
         return cls
     return _reg
 
+# %% ../nbs/00_config.ipynb #h11c01
+class ConfigError(ValueError):
+    "A config value that cannot be used; the message names its key (`splits.fractions`) and what is accepted."
+    def __init__(self, key:str, value, accepted:str):
+        self.key, self.value = key, value
+        super().__init__(f'{key}={value!r}: {accepted}')
+
+def require(ok:bool, key:str, value, accepted:str):
+    "Raise `ConfigError(key, value, accepted)` unless `ok`."
+    if not ok: raise ConfigError(key, value, accepted)
+
+_TYPES = {'int': (int,), 'float': (int, float), 'str': (str,), 'bool': (bool,), 'list': (list, tuple), 'tuple': (list, tuple),
+          'dict': (dict,), 'None': (type(None),)}
+
+def value_fits(annotation, v) -> bool|None:
+    "Whether `v` fits a simple field annotation ('int', 'str|None', 'list', ...); None when the annotation is not simple."
+    names = [a.strip() for a in (annotation.__name__ if isinstance(annotation, type) else str(annotation)).split('|')]
+    if not all(n in _TYPES for n in names): return None
+    if isinstance(v, bool) and 'bool' not in names: return False   # JSON true is no number here
+    return any(isinstance(v, _TYPES[n]) for n in names)
+
+def check_types(cls, d:dict, where:str):
+    "Raise `ConfigError` naming `where.key` for the first value of `d` whose type does not fit its field in `cls`."
+    for f in fields(cls):
+        if f.name in d and value_fits(f.type, d[f.name]) is False:
+            raise ConfigError(f'{where}.{f.name}', d[f.name], f'must be {f.type}, got {type(d[f.name]).__name__}')
+
 # %% ../nbs/00_config.ipynb #c006
 def from_dict(cls, d:dict, where:str=''): # dataclass type, values, location for messages
-    "Build dataclass `cls` from `d`, refusing unknown keys with a message that names them."
+    "Build dataclass `cls` from `d`, refusing a non-object, unknown keys and wrong types with a message that names them."
+    where = where or getattr(cls, 'section_name', cls.__name__)
+    if not isinstance(d, dict): raise ConfigError(where, d, f'a config section must be a JSON object ({{"key": value, ...}}), got {type(d).__name__}')
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(d) - known)
-    if unknown: raise ValueError(f'unknown key(s) {unknown} in config section {where or cls.__name__!r}; known: {sorted(known)}')
+    if unknown: raise ValueError(f'unknown key(s) {unknown} in config section {where!r}; known: {sorted(known)}')
+    check_types(cls, d, where)
     return cls(**d)
 
 # %% ../nbs/00_config.ipynb #c007
@@ -44,16 +76,26 @@ def section_preset(cls, preset:str='smoke'): # section dataclass, one of `PRESET
     return from_dict(cls, dict(getattr(cls, 'presets', {}).get(preset, {})), f'{cls.__name__}.presets[{preset!r}]')
 
 # %% ../nbs/00_config.ipynb #c010
+HUB_MODES = ('auto', 'online', 'offline')
+
 @dataclass
 class StudyConfig:
-    "Every choice of one run: preset, seed, device and one dataclass per stage section."
+    "Every choice of one run: preset, seed, device, hub access and one dataclass per stage section."
     preset: str = 'smoke'      # one of `PRESETS`
     seed: int = 0              # master seed; stages derive their own seeds from it
     device: str = 'auto'       # 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...
     sections: dict = field(default_factory=dict)  # section name -> section dataclass
+    hub: str = 'auto'          # 'auto' (probe huggingface.co once), 'online' (no probe), 'offline' (local paths and HF cache only)
+
+    def __post_init__(self):
+        require(self.preset in PRESETS, 'preset', self.preset, f'one of {PRESETS}')
+        require(type(self.seed) is int, 'seed', self.seed, 'an integer')
+        require(isinstance(self.device, str) and re.fullmatch(r'auto|cpu|cuda(:\d+)?', self.device) is not None, 'device',
+                self.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
+        require(self.hub in HUB_MODES, 'hub', self.hub, f'one of {HUB_MODES}')
 
     def __getattr__(self, name):
-        if name.startswith('__') or name in ('preset', 'seed', 'device', 'sections'): raise AttributeError(name)
+        if name.startswith('__') or name in ('preset', 'seed', 'device', 'sections', 'hub'): raise AttributeError(name)
         secs, raw = self.__dict__.setdefault('sections', {}), self.__dict__.get('_raw', {})
         if name not in secs:
             if name not in _SECTIONS: raise AttributeError(f'no config section {name!r}; registered: {sorted(_SECTIONS)}')
@@ -64,7 +106,7 @@ class StudyConfig:
     def to_dict(self) -> dict:
         "Plain JSON-ready dict, sections in name order (sections not yet validated are kept as loaded)."
         secs = {**self.__dict__.get('_raw', {}), **{k: asdict(v) for k, v in self.sections.items()}}
-        return {'preset': self.preset, 'seed': self.seed, 'device': self.device, **dict(sorted(secs.items()))}
+        return {'preset': self.preset, 'seed': self.seed, 'device': self.device, 'hub': self.hub, **dict(sorted(secs.items()))}
 
 # %% ../nbs/00_config.ipynb #c011
 def _merge(base:dict, over:dict) -> dict:
@@ -79,7 +121,7 @@ def study_config(preset:str='smoke', # one of `PRESETS`
     "A `StudyConfig` for `preset` with `overrides` applied, validated section by section."
     if preset not in PRESETS: raise ValueError(f'unknown preset {preset!r}; choose one of {PRESETS}')
     overrides = dict(overrides or {})
-    top = {k: overrides.pop(k) for k in ('seed', 'device') if k in overrides}
+    top = {k: overrides.pop(k) for k in ('seed', 'device', 'hub') if k in overrides}
     overrides.pop('preset', None)
     names = sorted(sections) if sections else sorted(n for n in _SECTIONS if not n.startswith('_'))
     unknown = sorted(set(overrides) - set(names))
@@ -87,7 +129,9 @@ def study_config(preset:str='smoke', # one of `PRESETS`
     secs = {}
     for n in names:
         cls = _SECTIONS[n]
-        secs[n] = from_dict(cls, _merge(asdict(section_preset(cls, preset)), overrides.get(n, {})), n)
+        over = overrides.get(n, {})
+        if not isinstance(over, dict): from_dict(cls, over, n)   # raises: a section must be an object
+        secs[n] = from_dict(cls, _merge(asdict(section_preset(cls, preset)), over), n)
     return StudyConfig(preset=preset, sections=secs, **top)
 
 # %% ../nbs/00_config.ipynb #c014
@@ -119,7 +163,7 @@ def config_from_dict(d:dict) -> StudyConfig:
     "Rebuild a `StudyConfig` from its dict form; a section stays a plain dict until a stage asks for it."
     d = dict(d)
     preset = d.pop('preset', 'smoke')
-    top = {k: d.pop(k) for k in ('seed', 'device') if k in d}
+    top = {k: d.pop(k) for k in ('seed', 'device', 'hub') if k in d}
     cfg = StudyConfig(preset=preset, **top)
     cfg._raw = d
     return cfg
@@ -146,31 +190,178 @@ def derive_seed(seed:int, *keys) -> int:
 class MissingSourceError(RuntimeError):
     "A model or dataset is neither a local path nor reachable on the hub."
 
+HUB_ID = re.compile(r'[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*')
+
+def _env_on(name:str) -> bool: return os.environ.get(name, '').strip().lower() not in ('', '0', 'false', 'no', 'off')
+
+def apply_hub_mode(mode:str='auto'): # one of `HUB_MODES` (the config's `hub` key)
+    "Make this process (and the stage kernels it starts) follow `mode`; 'offline' also sets the HF offline variables."
+    require(mode in HUB_MODES, 'hub', mode, f'one of {HUB_MODES}')
+    os.environ['ASR_KD_HUB'] = mode
+    if mode == 'offline': os.environ['HF_HUB_OFFLINE'] = os.environ['HF_DATASETS_OFFLINE'] = '1'
+
+def hub_offline(repo_type:str='model') -> bool:
+    "Whether the config's hub mode or `HF_HUB_OFFLINE` (`HF_DATASETS_OFFLINE` for datasets) forbids hub access."
+    return (os.environ.get('ASR_KD_HUB') == 'offline' or _env_on('HF_HUB_OFFLINE')
+            or (repo_type == 'dataset' and _env_on('HF_DATASETS_OFFLINE')))
+
 _HUB_OK = None
-def hub_reachable(host:str='huggingface.co', timeout:float=3.0) -> bool:
-    "Whether the Hugging Face hub answers a TCP connection within `timeout` seconds (checked once per process)."
+def hub_reachable(host:str='huggingface.co', timeout:float=3.0, repo_type:str='model') -> bool:
+    "Whether the hub may be used: not offline, and (unless the hub mode is 'online') answering TCP within `timeout` s, probed once."
     global _HUB_OK
-    if os.environ.get('HF_HUB_OFFLINE', '0') not in ('0', '', 'false', 'False'): return False
+    if hub_offline(repo_type): return False
+    if os.environ.get('ASR_KD_HUB') == 'online': return True
     if _HUB_OK is None:
         try: socket.create_connection((host, 443), timeout=timeout).close(); _HUB_OK = True
         except OSError: _HUB_OK = False
     return _HUB_OK
 
+def looks_like_path(v:str) -> bool:
+    "Whether `v` can only be meant as a file system path (not a hub id `owner/name`)."
+    return v.startswith(('/', '.', '~')) or '\\' in v or v.count('/') > 1 or (v.count('/') == 1 and not HUB_ID.fullmatch(v))
+
+# %% ../nbs/00_config.ipynb #h11c03
+def in_hf_cache(repo_id:str, # hub id `owner/name`
+                repo_type:str='model', # 'model' or 'dataset'
+                revision:str|None=None, # commit, branch or tag; None = any snapshot
+               ) -> bool:
+    "Whether the local Hugging Face cache holds a snapshot of `repo_id` (so it loads offline)."
+    from huggingface_hub import constants
+    d = Path(constants.HF_HUB_CACHE)/f"{repo_type}s--{repo_id.replace('/', '--')}"
+    snaps = [p.name for p in (d/'snapshots').glob('*')] if (d/'snapshots').is_dir() else []
+    if snaps and (not revision or revision in snaps or (d/'refs'/revision).is_file()): return True
+    if repo_type == 'dataset':   # a dataset prepared earlier by `datasets.load_dataset` also loads offline
+        try: from datasets import config as dc
+        except ImportError: return False
+        return any(Path(dc.HF_DATASETS_CACHE).glob(repo_id.replace('/', '___') + '*'))
+    return False
+
+def download_advice(repo_id:str, config_key:str, repo_type:str='model', revision:str|None=None) -> str:
+    "How to get `repo_id` onto a machine without hub access, and which key to point at it (commands that work)."
+    rev = f' --revision {revision}' if revision else ''
+    if repo_type == 'dataset':
+        how = (f'`hf download {repo_id} --repo-type dataset{rev} --local-dir DIR` (a snapshot directory; it is read with '
+               f'`datasets.load_dataset(DIR)`), or in Python `datasets.load_dataset("{repo_id}").save_to_disk("DIR")`')
+    else: how = f'`hf download {repo_id}{rev} --local-dir DIR`'
+    return (f'Download it on a machine with hub access with {how}, copy DIR here, and set {config_key} to DIR in a config file '
+            f'passed with `asr-kd run --config FILE` (or copy the Hugging Face cache, ~/.cache/huggingface/hub, and set HF_HUB_OFFLINE=1).')
+
 def resolve_source(id_or_path:str, # hub id (`owner/name`) or local directory/file
                    what:str, # what it is, for messages ('teacher model', 'dataset', ...)
                    config_key:str, # the config key that names it, e.g. 'teacher.source'
+                   repo_type:str='model', # 'model' or 'dataset' (which offline variable applies)
                   ) -> tuple[str, str]:
     "('local', path) or ('hub', id); raises `MissingSourceError` with instructions when neither is usable."
     p = Path(os.path.expanduser(str(id_or_path)))
     if p.exists(): return 'local', str(p)
-    if str(id_or_path).startswith(('/', '.', '~')):
-        raise MissingSourceError(f'{what} path {str(p)!r} (config {config_key}) does not exist')
-    if hub_reachable(): return 'hub', str(id_or_path)
+    if looks_like_path(str(id_or_path)):
+        raise MissingSourceError(f'{what} path {str(p)!r} (config {config_key}) does not exist (relative paths are read from {Path.cwd()})')
+    if hub_reachable(repo_type=repo_type): return 'hub', str(id_or_path)
     os.environ['HF_HUB_OFFLINE'] = '1'   # later hub calls fail fast instead of retrying
+    if in_hf_cache(str(id_or_path), repo_type): return 'hub', str(id_or_path)
     raise MissingSourceError(
-        f'{what} {id_or_path!r} (config {config_key}) is not a local path and the Hugging Face hub is not reachable. '
-        f'Download it on a machine with access (e.g. `huggingface-cli download {id_or_path} --local-dir DIR`), copy DIR here, '
-        f'and set {config_key} to DIR in a config file passed with `asr-kd run --config FILE`.')
+        f'{what} {id_or_path!r} (config {config_key}) is not a local path, the Hugging Face hub is '
+        f'{"switched off (offline)" if hub_offline(repo_type) else "not reachable"}, and the local HF cache lacks it. '
+        + download_advice(str(id_or_path), config_key, repo_type))
+
+# %% ../nbs/00_config.ipynb #h11c05
+@dataclass
+class Source:
+    "A config key that names a model or dataset: a local path or a hub id."
+    section: str                 # config section, e.g. 'teacher'
+    key: str                     # key in the section, e.g. 'source'
+    what: str                    # for messages: 'teacher model', 'dataset', 'NeMo manifest', ...
+    repo_type: str|None = 'model'  # 'model' or 'dataset' on the hub; None = a local file only
+    used: Any = None             # section -> bool: whether this run uses it (None = always)
+    revision_key: str|None = None  # key of its pinned hub revision in the same section
+
+_SOURCES: list[Source] = []
+_CHECKS: list = []
+
+def config_source(section:str, key:str, what:str, repo_type:str|None='model', used=None, revision_key:str|None=None) -> Source:
+    "Declare that `section.key` names a model or dataset, so `validate_config` checks it before any stage runs."
+    s = Source(section, key, what, repo_type, used, revision_key)
+    _SOURCES[:] = [o for o in _SOURCES if (o.section, o.key) != (section, key)] + [s]
+    return s
+
+def config_check(fn): # fn(cfg: StudyConfig) raising `ConfigError`
+    "Register a rule that relates several sections (run by `validate_config` after every section passed)."
+    _CHECKS[:] = [f for f in _CHECKS if f.__qualname__ != fn.__qualname__ or f.__module__ != fn.__module__] + [fn]
+    return fn
+
+# %% ../nbs/00_config.ipynb #h11c06
+def hub_lookup(repo_id:str, repo_type:str='model', revision:str|None=None) -> str|None:
+    "None when the hub has `repo_id` (at `revision`), else why not; network trouble is logged and not held against it."
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+    try: HfApi().repo_info(repo_id, repo_type=repo_type, revision=revision or None, timeout=10); return None
+    except GatedRepoError: return None        # it exists; access is checked when it is downloaded
+    except RevisionNotFoundError: return f'the hub {repo_type} {repo_id!r} has no revision {revision!r}'
+    except RepositoryNotFoundError: return f'the hub has no {repo_type} {repo_id!r}'
+    except Exception as e:                    # httpx/requests errors: the stage will tell if it really fails
+        log.warning('could not look up %s %s on the hub (%s); continuing', repo_type, repo_id, e); return None
+
+def check_source(value, # the configured value
+                 key:str, # its config key, for messages
+                 what:str, # what it names
+                 repo_type:str|None='model', # hub repo type; None = local file only
+                 revision:str|None=None, # pinned hub revision
+                ) -> str:
+    "The value to run with: an existing path made absolute, or a usable hub id; `ConfigError` naming `key` otherwise."
+    cwd = Path.cwd()
+    require(isinstance(value, str) and value.strip() != '', key, value, f'the {what}: a local path' + (' or a hub id (owner/name)' if repo_type else ''))
+    p = Path(os.path.expanduser(value))
+    if p.exists(): return str(p.resolve())
+    require(repo_type is not None and not looks_like_path(value), key, value, f'no such {what} path (relative paths are read from {cwd})')
+    require(HUB_ID.fullmatch(value) is not None, key, value, f'the {what} is neither an existing path (relative to {cwd}) nor a hub id owner/name')
+    if not hub_reachable(repo_type=repo_type):
+        why = 'switched off (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE or "hub": "offline")' if hub_offline(repo_type) else 'not reachable'
+        require(in_hf_cache(value, repo_type, revision), key, value,
+                f'not an existing path (relative to {cwd}); the hub is {why} and the local HF cache has no {repo_type} {value!r}. '
+                + download_advice(value, key, repo_type, revision))
+        return value
+    if os.environ.get('ASR_KD_HUB') != 'online':
+        problem = hub_lookup(value, repo_type, revision)
+        require(problem is None, key, value, f'{problem} (nor is it an existing path relative to {cwd})')
+    return value
+
+# %% ../nbs/00_config.ipynb #h11c07
+class InvalidConfig(ValueError):
+    "Every problem `validate_config` found, one line each."
+    def __init__(self, problems:list):
+        self.problems = list(problems)
+        super().__init__(self.problems[0] if len(self.problems) == 1 else
+                         f'{len(self.problems)} problems in the config:\n  ' + '\n  '.join(self.problems))
+
+def _named(e:Exception, section:str) -> str:
+    msg = str(e)
+    return msg if re.search(rf'\b{re.escape(section)}\b', msg) else f'{section}: {msg}'
+
+def validate_config(cfg:StudyConfig) -> StudyConfig:
+    "Check every section, source and cross-section rule of `cfg` (local paths made absolute); `InvalidConfig` lists the problems."
+    problems, good = [], set()
+    for name in sorted(set(cfg.sections) | {n for n in _SECTIONS if not n.startswith('_')}):
+        try:
+            sec = getattr(cfg, name)
+            if callable(getattr(sec, 'validate', None)): sec.validate()
+            good.add(name)
+        except (ValueError, TypeError) as e: problems.append(_named(e, name))
+    if cfg.device != 'auto':
+        try: resolve_device(cfg.device)
+        except (RuntimeError, ValueError) as e: problems.append(f'device={cfg.device!r}: {e}')
+    for s in _SOURCES:
+        if s.section not in good: continue
+        sec = getattr(cfg, s.section)
+        if s.used is not None and not s.used(sec): continue
+        rev = getattr(sec, s.revision_key) if s.revision_key else None
+        try: setattr(sec, s.key, check_source(getattr(sec, s.key), f'{s.section}.{s.key}', s.what, s.repo_type, rev))
+        except ConfigError as e: problems.append(str(e))
+    if not problems:
+        for fn in _CHECKS:
+            try: fn(cfg)
+            except ValueError as e: problems.append(str(e))
+    if problems: raise InvalidConfig(problems)
+    return cfg
 
 # %% ../nbs/00_config.ipynb #c023b
 PROGRESS_ENV = 'ASR_KD_PROGRESS'

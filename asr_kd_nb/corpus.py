@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import ClassVar, Iterable
 import numpy as np, soundfile as sf
 from tqdm.auto import tqdm
-from .config import config_section, write_json, read_json, resolve_source, derive_seed
+from .config import config_section, write_json, read_json, resolve_source, derive_seed, require, config_source
 
 # %% auto #0
-__all__ = ['log', 'RU_ALPHABET', 'VOCAB_CHARS', 'SAMPLE_RATE', 'REJECTION_REASONS', 'MAIN_VARIANTS', 'OOD_VARIANTS',
-           'CorpusConfig', 'Utterance', 'write_manifest', 'read_manifest', 'normalize_text', 'text_problem',
-           'RejectedAudio', 'decode_audio', 'check_duration', 'ingest', 'hf_candidates', 'nemo_candidates',
-           'make_sentences', 'Voice', 'make_voices', 'espeak_binary', 'speak', 'synth_candidates', 'corpus_candidates',
-           'build_corpus', 'corpus_stats']
+__all__ = ['log', 'CORPUS_SOURCES', 'RU_ALPHABET', 'VOCAB_CHARS', 'SAMPLE_RATE', 'REJECTION_REASONS', 'MAIN_VARIANTS',
+           'OOD_VARIANTS', 'CorpusConfig', 'Utterance', 'write_manifest', 'read_manifest', 'normalize_text',
+           'text_problem', 'RejectedAudio', 'decode_audio', 'check_duration', 'ingest', 'load_hf_dataset',
+           'hf_candidates', 'nemo_candidates', 'make_sentences', 'Voice', 'make_voices', 'espeak_binary', 'speak',
+           'synth_candidates', 'corpus_candidates', 'build_corpus', 'corpus_stats']
 
 # %% ../nbs/00_corpus.ipynb #c005
 log = logging.getLogger(__name__)
@@ -46,6 +46,25 @@ class CorpusConfig:
         'default': {'n_utterances': 2000, 'n_speakers': 20, 'n_ood': 300, 'n_ood_speakers': 6},
         'paper': {'source': 'hf', 'ood_dataset': 'dangrebenkin/voxforge-ru-dataset'},
     }
+
+    def __post_init__(self):
+        require(self.source in CORPUS_SOURCES, 'corpus.source', self.source, f'one of {CORPUS_SOURCES}')
+        require(self.source != 'nemo' or bool(self.nemo_manifest), 'corpus.nemo_manifest', self.nemo_manifest,
+                "the path of a NeMo-style manifest (needed with corpus.source='nemo')")
+        for k in ('hf_splits', 'ood_splits'):
+            v = getattr(self, k)
+            require(len(v) > 0 and all(isinstance(s, str) and s for s in v), f'corpus.{k}', v, 'a non-empty list of split names')
+        for k in ('n_utterances', 'n_speakers', 'n_ood_speakers', 'workers'):
+            require(getattr(self, k) >= 1, f'corpus.{k}', getattr(self, k), 'an integer >= 1')
+        require(self.n_ood >= 0, 'corpus.n_ood', self.n_ood, 'an integer >= 0')
+        require(self.n_speakers <= self.n_utterances, 'corpus.n_speakers', self.n_speakers, f'at most corpus.n_utterances ({self.n_utterances})')
+        require(0 <= self.min_duration < self.max_duration, 'corpus.min_duration', self.min_duration,
+                f'in [0, corpus.max_duration={self.max_duration}) seconds')
+
+CORPUS_SOURCES = ('embedded', 'hf', 'nemo')
+config_source('corpus', 'hf_dataset', 'dataset', 'dataset', used=lambda c: c.source == 'hf')
+config_source('corpus', 'ood_dataset', 'out-of-domain dataset', 'dataset', used=lambda c: bool(c.ood_dataset))
+config_source('corpus', 'nemo_manifest', 'NeMo manifest', None, used=lambda c: c.source == 'nemo')
 
 # %% ../nbs/00_corpus.ipynb #c007
 @dataclass
@@ -101,7 +120,7 @@ def text_problem(text:str) -> str|None:
 
 # %% ../nbs/00_corpus.ipynb #c013
 SAMPLE_RATE = 16000
-REJECTION_REASONS = ('malformed manifest line', 'missing file', 'empty file', 'truncated file', 'not decodable audio', 'zero-length audio',
+REJECTION_REASONS = ('malformed manifest line', 'duplicate utterance id', 'missing file', 'empty file', 'truncated file', 'not decodable audio', 'zero-length audio',
                      'non-finite samples', 'too short', 'too long', 'empty transcript', 'characters outside the vocabulary')
 
 class RejectedAudio(ValueError):
@@ -129,6 +148,7 @@ def decode_audio(src, # path, raw bytes, or a file-like object
     name = name or (str(src) if isinstance(src, (str, Path)) else '<bytes>')
     if isinstance(src, (str, Path)):
         p = Path(src)
+        if name != str(p): name = f'{name} ({p})'   # messages name the utterance and its file
         if not p.exists(): raise RejectedAudio('missing file', name)
         data = p.read_bytes()
     else: data = src if isinstance(src, (bytes, bytearray)) else src.read()
@@ -155,19 +175,27 @@ def check_duration(x:np.ndarray, min_s:float=0.2, max_s:float=20.0, name:str='',
 def _reason_of(msg:str) -> str:
     return next(r for r in REJECTION_REASONS if msg.startswith(r))
 
+def _audio_name(uid:str) -> str:
+    "A file name for utterance `uid`: the id itself when it is a plain name, else a cleaned id plus a short hash (unique)."
+    if re.fullmatch(r'[\w.-]+', uid) and not uid.startswith('.'): return f'{uid}.wav'
+    clean = re.sub(r'[^\w.-]', '_', uid).lstrip('.')
+    return f'{clean}-{hashlib.sha256(uid.encode()).hexdigest()[:8]}.wav'
+
 def ingest(candidates:Iterable[dict], # dicts with id, audio (path or bytes), text, speaker, source
            audio_dir, # where accepted 16 kHz wavs are written
            min_duration:float=0.2, max_duration:float=20.0, # seconds
            total:int|None=None, desc:str='ingest') -> tuple[list[Utterance], dict]:
     "Decode, check and normalise candidates; (accepted utterances, report with every rejection and its reason)."
     audio_dir = Path(audio_dir); audio_dir.mkdir(parents=True, exist_ok=True)
-    accepted, rejected, seen = [], [], set()
+    accepted, rejected, seen, n = [], [], {}, 0
     for c in tqdm(candidates, total=total, desc=desc, mininterval=2):
-        uid = str(c['id'])
-        if uid in seen: raise ValueError(f'duplicate utterance id {uid!r} from source {c.get("source")!r}')
-        seen.add(uid)
+        uid, n = str(c['id']), n + 1
         try:
+            if uid in seen: raise RejectedAudio('duplicate utterance id', f'{uid}: {c.get("audio") if isinstance(c.get("audio"), (str, Path)) else ""} '
+                                                f'(the id of candidate {seen[uid]} already)')
+            seen[uid] = n
             if c.get('reject'): raise RejectedAudio(*c['reject'])
+            if not isinstance(c.get('text') or '', str): raise RejectedAudio('malformed manifest line', f'{uid}: text {c["text"]!r} is not a string')
             text = normalize_text(c.get('text') or '')
             if (tp := text_problem(text)): raise RejectedAudio(tp.split(':')[0], f'{uid}: {c.get("text")!r}')
             x = decode_audio(c['audio'], name=uid)
@@ -175,23 +203,32 @@ def ingest(candidates:Iterable[dict], # dicts with id, audio (path or bytes), te
         except RejectedAudio as e:
             rejected.append({'id': uid, 'source': c.get('source', ''), 'reason': e.reason, 'detail': e.detail})
             continue
-        out = audio_dir/f'{uid}.wav'
+        out = audio_dir/_audio_name(uid)
         sf.write(out, x, SAMPLE_RATE, subtype='PCM_16')
         accepted.append(Utterance(uid, str(out), text, round(dur, 4), c.get('speaker'), c.get('source', '')))
-    if rejected: log.warning('%s: rejected %d of %d utterances (%s)', desc, len(rejected), len(seen),
+    if rejected: log.warning('%s: rejected %d of %d utterances (%s)', desc, len(rejected), n,
                              dict(Counter(r['reason'] for r in rejected)))
-    report = {'candidates': len(seen), 'accepted': len(accepted), 'rejected': len(rejected),
+    report = {'candidates': n, 'accepted': len(accepted), 'rejected': len(rejected),
               'rejected_by_reason': dict(Counter(r['reason'] for r in rejected)), 'rejections': rejected}
     return accepted, report
 
 # %% ../nbs/00_corpus.ipynb #c020
-def hf_candidates(id_or_path:str, # hub id or `save_to_disk` directory (Dataset or DatasetDict)
+def load_hf_dataset(id_or_path:str, config_key:str='corpus.hf_dataset'):
+    "A `datasets` Dataset/DatasetDict from a hub id, a `save_to_disk` directory, or a hub snapshot directory."
+    import datasets
+    kind, src = resolve_source(id_or_path, 'dataset', config_key, 'dataset')
+    if kind == 'hub': return datasets.load_dataset(src)
+    p = Path(src)
+    if (p/'dataset_dict.json').exists() or (p/'state.json').exists(): return datasets.load_from_disk(src)
+    if not p.is_dir(): raise ValueError(f'{config_key}={id_or_path!r} is a file; give a dataset directory (save_to_disk or hub snapshot) or a hub id')
+    return datasets.load_dataset(src)   # a snapshot directory (parquet/arrow/csv files, README.md split metadata)
+
+def hf_candidates(id_or_path:str, # hub id, `save_to_disk` directory (Dataset or DatasetDict) or hub snapshot directory
                   splits:list=('train', 'test', 'validation'), # splits to concatenate, in order
                   config_key:str='corpus.hf_dataset'):
     "Candidates from a Golos-10h-schema dataset: (total, iterator)."
     import datasets
-    kind, src = resolve_source(id_or_path, 'dataset', config_key)
-    ds = datasets.load_from_disk(src) if kind == 'local' else datasets.load_dataset(src)
+    ds = load_hf_dataset(id_or_path, config_key)
     if isinstance(ds, datasets.Dataset): ds = datasets.DatasetDict({'train': ds})
     missing = [s for s in splits if s not in ds]
     if missing: raise ValueError(f'dataset {id_or_path!r} has no split(s) {missing}; it has {list(ds)}')
@@ -210,21 +247,39 @@ def hf_candidates(id_or_path:str, # hub id or `save_to_disk` directory (Dataset 
     return sum(len(d) for _, d in parts), gen()
 
 # %% ../nbs/00_corpus.ipynb #c022
+def _nemo_line_problem(d) -> str|None:
+    "Why a parsed manifest line cannot be used (None when it can)."
+    if not isinstance(d, dict): return 'not a JSON object'
+    p = d.get('audio_filepath')
+    if not isinstance(p, str) or not p.strip(): return f'audio_filepath {p!r} is not a non-empty string'
+    if not isinstance(d.get('text', ''), str): return f'text {d.get("text")!r} is not a string'
+    if d.get('id') is not None and not isinstance(d['id'], (str, int)) or isinstance(d.get('id'), bool): return f'id {d.get("id")!r} is not a string'
+    if d.get('speaker') is not None and not isinstance(d['speaker'], (str, int)): return f'speaker {d.get("speaker")!r} is not a string'
+    return None
+
 def nemo_candidates(path):
     "Candidates from a NeMo-style JSON-lines manifest: (total, iterator)."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f'NeMo manifest {path} does not exist (config corpus.nemo_manifest)')
     lines = [l for l in path.read_text(encoding='utf-8').splitlines() if l.strip()]
+    parsed = []
+    for line in lines:
+        try: parsed.append(json.loads(line))
+        except json.JSONDecodeError: parsed.append(None)
+    ok = [d for d in parsed if _nemo_line_problem(d) is None]
+    stems = Counter(Path(d['audio_filepath']).stem for d in ok if not d.get('id'))
+    def uid(d):
+        if d.get('id') not in (None, ''): return str(d['id'])
+        p = Path(d['audio_filepath'])
+        return p.stem if stems[p.stem] == 1 else p.with_suffix('').as_posix()   # unique: the relative path
     def gen():
-        for i, line in enumerate(lines):
-            try: d = json.loads(line)
-            except json.JSONDecodeError: d = None
-            p = d.get('audio_filepath') if isinstance(d, dict) else None
-            if not p:
-                yield dict(id=f'line-{i+1}', source='nemo', reject=('malformed manifest line', f'{path}:{i+1}: {line[:80]!r}'))
+        for i, (line, d) in enumerate(zip(lines, parsed)):
+            why = 'not valid JSON' if d is None else _nemo_line_problem(d)
+            if why:
+                yield dict(id=f'line-{i+1}', source='nemo', reject=('malformed manifest line', f'{path}:{i+1}: {why}: {line[:80]!r}'))
                 continue
-            yield dict(id=str(d.get('id') or Path(p).stem), audio=path.parent/p, text=d.get('text', ''),
-                       speaker=d.get('speaker'), source='nemo')
+            yield dict(id=uid(d), audio=path.parent/d['audio_filepath'], text=d.get('text', ''),
+                       speaker=None if d.get('speaker') is None else str(d['speaker']), source='nemo')
     return len(lines), gen()
 
 # %% ../nbs/00_corpus.ipynb #c025

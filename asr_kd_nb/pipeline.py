@@ -9,16 +9,16 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from .config import (PRESETS, StudyConfig, study_config, save_config, read_json, write_json, config_hash,
-                              config_from_dict, _SECTIONS,
+                              config_from_dict, _SECTIONS, validate_config, apply_hub_mode,
                               PROGRESS_ENV, report_progress)
 from typing import Callable
 
 # %% auto #0
 __all__ = ['STAGES', 'KERNEL', 'log', 'PUBLISHED', 'LAB_HOOK', 'Stage', 'nbs_dir', 'available_stages', 'stage_fingerprint',
            'stage_keys', 'stage_done', 'progress_line', 'ProgressWatcher', 'StageFailed', 'ensure_kernel',
-           'execute_stage', 'ConfigMismatch', 'prepare_run_dir', 'run_study', 'load_config_file', 'build_config',
-           'publish_results', 'render_readme', 'write_readme', 'run_headline', 'compare_runs', 'clean_on_save',
-           'lab_command', 'main']
+           'execute_stage', 'ConfigMismatch', 'first_stage_of', 'check_run_dir', 'prepare_run_dir', 'run_study',
+           'load_config_file', 'build_config', 'publish_results', 'render_readme', 'write_readme', 'run_headline',
+           'compare_runs', 'clean_on_save', 'lab_command', 'resume_advice', 'main']
 
 # %% ../nbs/08_pipeline.ipynb #c006
 @dataclass(frozen=True)
@@ -200,19 +200,35 @@ def _diff_keys(a:dict, b:dict, prefix='') -> list[str]:
         elif a.get(k) != b.get(k): out.append(f'{prefix}{k}')
     return out
 
+def first_stage_of(keys:list) -> str:
+    "The earliest stage whose config section holds one of `keys` ('splits.fractions' -> '02_splits'; run-wide keys -> the first)."
+    secs = {k.split('.')[0] for k in keys}
+    return next((s.name for s in STAGES if s.module in secs), STAGES[0].name)
+
+def check_run_dir(run_dir) -> Path:
+    "`run_dir` made absolute; `ValueError` when it is a file or lies under a file (checked before anything is written)."
+    run_dir = Path(run_dir).expanduser().resolve()
+    if run_dir.exists() and not run_dir.is_dir(): raise ValueError(f'--run-dir {run_dir} is a file, not a directory; choose another path')
+    blocker = next((p for p in run_dir.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ValueError(f'--run-dir {run_dir} cannot be made: {blocker} is a file, not a directory')
+    return run_dir
+
 def prepare_run_dir(cfg:StudyConfig, run_dir, force:str|None=None) -> Path:
     "Create `run_dir` with `config.json`, or check that it holds the same config (`ConfigMismatch` otherwise)."
-    run_dir = Path(run_dir).resolve(); p = run_dir/'config.json'
+    run_dir = check_run_dir(run_dir); p = run_dir/'config.json'
     if p.exists():
         old, new = read_json(p), cfg.to_dict()
-        common = set(old) & set(new)   # a section added since (a new stage) is not a change
+        common = set(old) & set(new) - {'hub'}   # a section added since (a new stage) is not a change, nor is hub access
         diff = _diff_keys({k: old[k] for k in common}, {k: new[k] for k in common})
         if diff:
             if not force:
-                raise ConfigMismatch(f'{run_dir} was made with a different config (differs in {diff[:8]}); use another '
-                                     f'--run-dir, or --force STAGE to redo STAGE and what follows with the new config')
+                raise ConfigMismatch(f'{run_dir} was made with a different config (differs in {diff[:8]}); rerun with '
+                                     f'--force {first_stage_of(diff)} to redo that stage and what follows with the new config '
+                                     f'(stages whose config did not change stay done), or use another --run-dir')
             log.warning('config changed (%s); redoing from %s', ', '.join(diff[:8]), force)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try: run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise ValueError(f'--run-dir {run_dir} cannot be made: {e}') from None
     save_config(cfg, run_dir)
     return run_dir
 
@@ -269,10 +285,12 @@ def load_config_file(path) -> dict:
     return d
 
 def build_config(preset:str|None, config_file:str|None) -> StudyConfig:
-    "The run's config: `preset` (or the file's `preset`, else 'default') with the file's overrides."
+    "The run's config: `preset` (or the file's `preset`, else 'default') with the file's overrides, validated as a whole."
     over = load_config_file(config_file) if config_file else {}
     available_stages()   # register every stage's config section
-    return study_config(preset or over.get('preset') or 'default', over)
+    cfg = study_config(preset or over.get('preset') or 'default', over)
+    apply_hub_mode(cfg.hub)   # the stage kernels inherit it
+    return validate_config(cfg)
 
 # %% ../nbs/08_pipeline.ipynb #c022
 PUBLISHED = ['report/*.png', 'clustering/umap.png', 'teacher/cer.png', 'kd/baseline.png', 'search/frac-1.00/history.png']
@@ -463,6 +481,17 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument('runs', nargs='+', metavar='RUN_DIR', help='two or more run directories')
     return p
 
+# %% ../nbs/08_pipeline.ipynb #h11p02
+def resume_advice(e:StageFailed) -> str:
+    "How to resume after stage failure `e`: the same command, or `--force STAGE` when the fix is a config change."
+    keys = sorted({m.group(0) for m in re.finditer(r'\b([a-z_]+)\.([a-z_]+)\b', e.error)
+                   if m.group(1) in _SECTIONS and m.group(2) in _SECTIONS[m.group(1)].__dataclass_fields__})
+    head = (f'  the error names config key(s) {", ".join(keys)}: change them in your --config file and rerun with '
+            f'--force {e.stage} (a run directory refuses a changed config without it; stages whose config is unchanged stay done)\n'
+            if keys else '')
+    return (head + f'  to resume: if the cause is outside the config (an input file, the environment), fix it and rerun the same '
+            f'command; if you fix it by changing the config, add --force {e.stage} to that command')
+
 # %% ../nbs/08_pipeline.ipynb #c026
 def main(argv:list|None=None) -> int:
     "Entry point of the `asr-kd` command."
@@ -471,6 +500,7 @@ def main(argv:list|None=None) -> int:
     a = p.parse_args(argv)
     try:
         if a.cmd == 'run':
+            check_run_dir(a.run_dir)   # before the config: a bad --run-dir is reported without waiting for anything
             cfg = build_config(a.preset, a.config)
             t = run_study(cfg, a.run_dir, a.stages, a.force, progress=not a.no_progress, verbose=a.verbose)
             _say(f'done in {t["last_invocation_s"]:.0f} s (study total {t["total_s"]:.0f} s); results in {Path(a.run_dir).resolve()}')
@@ -508,10 +538,10 @@ def main(argv:list|None=None) -> int:
         if a.cmd == 'report':
             from asr_kd_nb.datasize import render_html_report
             _say(str(render_html_report(a.run_dir))); return 0
-    except (ValueError, ConfigMismatch, FileNotFoundError) as e:
+    except (ValueError, ConfigMismatch, OSError) as e:   # bad config, run dir or input file: nothing was run
         p.print_usage(sys.stderr); _say(f'asr-kd: error: {e}'); return 2
     except StageFailed as e:
-        _say(f'asr-kd: {e}\n  fix the cause and rerun the same command to resume from this stage'); return 1
+        _say(f'asr-kd: {e}\n{resume_advice(e)}'); return 1
     return 0
 
 # %% ../nbs/08_pipeline.ipynb #c028

@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 import numpy as np
-from .config import config_section, write_json, read_json, derive_seed, load_config
+from .config import config_section, write_json, read_json, derive_seed, load_config, require, config_check
 from .corpus import read_manifest, Utterance
 from .clustering import read_labels
 
 # %% auto #0
-__all__ = ['log', 'SplitsConfig', 'fold_name', 'pick_test_clusters', 'text_leakage', 'frac_key', 'nested_fractions',
-           'check_splits', 'speaker_leakage', 'split_sizes', 'make_splits', 'split_stage']
+__all__ = ['log', 'SplitsConfig', 'clusters_needed', 'enough_clusters', 'fold_name', 'pick_test_clusters', 'text_leakage',
+           'frac_key', 'nested_fractions', 'check_splits', 'speaker_leakage', 'split_sizes', 'make_splits',
+           'split_stage']
 
 # %% ../nbs/02_splits.ipynb #c005
 log = logging.getLogger(__name__)
@@ -38,6 +39,35 @@ class SplitsConfig:
         'paper': {'test_clusters': [0, 1, 3, 9], 'train_clusters': [2, 4, 5, 6, 7, 8], 'n_test_folds': 4,
                   'min_fold_size': 100, 'min_fraction_size': 100, 'fractions': [1.0, 0.7, 0.5, 0.3], 'drop_text_leakage': False},
     }
+
+    def __post_init__(self):
+        f = self.fractions
+        require(len(f) > 0 and all(type(x) in (int, float) for x in f), 'splits.fractions', f, 'a non-empty list of numbers in (0, 1]')
+        require(all(0 < x <= 1 for x in f), 'splits.fractions', f, 'every fraction must lie in (0, 1] (1.0 = the whole training set)')
+        require(any(x == 1 for x in f), 'splits.fractions', f, 'must include 1.0: every fraction is compared with the full-data search')
+        keys = [frac_key(x) for x in f]
+        require(all(abs(float(k) - x) < 1e-9 for k, x in zip(keys, f)), 'splits.fractions', f, f'fractions are named {keys}: use that precision')
+        require(len(set(keys)) == len(keys), 'splits.fractions', f, 'a fraction appears twice')
+        for k in ('test_clusters', 'train_clusters'):
+            v = getattr(self, k)
+            require(all(type(c) is int and c >= 0 for c in v) and len(set(v)) == len(v), f'splits.{k}', v, 'distinct cluster ids (integers >= 0)')
+        require(not set(self.test_clusters) & set(self.train_clusters), 'splits.train_clusters', self.train_clusters,
+                f'must not share clusters with splits.test_clusters={self.test_clusters}')
+        for k in ('n_test_folds', 'min_fold_size', 'min_fraction_size'):
+            require(getattr(self, k) >= 1, f'splits.{k}', getattr(self, k), 'an integer >= 1')
+
+def clusters_needed(cfg:SplitsConfig) -> int:
+    "The fewest clusters a clustering must have for these splits: test folds plus training clusters, and every named id."
+    n = (len(cfg.test_clusters) or cfg.n_test_folds) + (len(cfg.train_clusters) or 1)
+    return max([n] + [c + 1 for c in cfg.test_clusters + cfg.train_clusters])
+
+@config_check
+def enough_clusters(cfg):
+    "A clustering fixed by the config (`clustering.choose='config'`) must have the clusters the splits need."
+    cl, need = cfg.clustering, clusters_needed(cfg.splits)
+    if cl.choose == 'config':
+        require(cl.k >= need, 'clustering.k', cl.k, f'the splits need at least {need} clusters (splits.n_test_folds={cfg.splits.n_test_folds}, '
+                f'test_clusters={cfg.splits.test_clusters}, train_clusters={cfg.splits.train_clusters})')
 
 # %% ../nbs/02_splits.ipynb #c007
 def fold_name(cluster:int) -> str:

@@ -13,7 +13,7 @@ from typing import ClassVar
 import numpy as np, soundfile as sf, torch, torch.nn as nn, torch.nn.functional as F, torchaudio, jiwer
 from tqdm.auto import tqdm
 from .config import (config_section, load_config, write_json, read_json, config_hash, resolve_device, derive_seed,
-                              resolve_source, report_progress)
+                              resolve_source, report_progress, config_source)
 from .corpus import Utterance, read_manifest, decode_audio, normalize_text, SAMPLE_RATE, VOCAB_CHARS
 
 # %% auto #0
@@ -21,8 +21,8 @@ __all__ = ['log', 'PAPER_TEACHER', 'PAPER_REVISION', 'MFCC_SETTINGS', 'WIN', 'HO
            'TeacherConfig', 'set_threads', 'ctc_greedy_decode', 'cer', 'wer', 'student_mfcc', 'align_frames', 'Teacher',
            'ConformerCTC', 'HFCTC', 'hf_vocab', 'make_w2v2', 'weights_sha256', 'save_conformer', 'load_teacher',
            'text_ids', 'train_ctc', 'file_sha256', 'build_teacher_model', 'obtain_teacher', 'teacher_key',
-           'cache_manifests', 'cache_key', 'cache_emissions', 'EmissionCache', 'load_cache', 'cache_hypothesis',
-           'teacher_cers', 'teacher_stage']
+           'cache_manifests', 'cache_key', 'cache_emissions', 'EmissionCache', 'load_cache', 'check_frame_rate',
+           'cache_hypothesis', 'teacher_cers', 'teacher_stage']
 
 # %% ../nbs/03_teacher.ipynb #c006
 log = logging.getLogger(__name__)
@@ -65,6 +65,9 @@ class TeacherConfig:
             if getattr(self, k) < 1: raise ValueError(f'teacher.{k}={getattr(self, k)} must be >= 1')
         if self.max_minutes <= 0: raise ValueError(f'teacher.max_minutes={self.max_minutes} must be > 0')
         return self
+
+# %% ../nbs/03_teacher.ipynb #h11t01
+config_source('teacher', 'source', 'teacher model', used=lambda c: c.source != 'train', revision_key='revision')
 
 # %% ../nbs/03_teacher.ipynb #c008
 def set_threads(n:int=0) -> int: # 0 = every core this process may use
@@ -555,6 +558,28 @@ def load_cache(run_dir) -> EmissionCache: # run directory
     "The emission cache of `run_dir` (raises when it is missing or unfinished)."
     return EmissionCache(Path(run_dir)/'cache')
 
+# %% ../nbs/03_teacher.ipynb #h11t03
+def check_frame_rate(teacher:Teacher, # the loaded teacher
+                     seconds:float=1.0, # probe clip length
+                     tol:int=1, # frames the teacher and the MFCCs may differ by (window sizes differ)
+                    ) -> dict:
+    "Frame counts of a probe clip (teacher output, its `n_frames`, MFCCs); `ValueError` naming both frame rates when they disagree."
+    n = int(round(seconds * SAMPLE_RATE))
+    wave = (0.1 * np.random.default_rng(0).standard_normal(n)).astype(np.float32)
+    logp, lengths = teacher([wave])
+    t, m, est = int(logp.shape[1]), len(student_mfcc(wave)), int(teacher.n_frames([n])[0])
+    rec = {'probe_s': seconds, 'teacher_frames': t, 'mfcc_frames': m, 'teacher_ms_per_frame': round(1000 * seconds / max(t, 1), 3),
+           'mfcc_ms_per_frame': round(1000 * seconds / m, 3)}
+    if abs(t - m) > tol:
+        raise ValueError(f'teacher {teacher.identity.get("source")} gives {t} frames for a {seconds:g} s probe clip '
+                         f'({rec["teacher_ms_per_frame"]} ms per frame) but the student\'s MFCCs give {m} ({rec["mfcc_ms_per_frame"]} ms '
+                         f'per frame, hop {MFCC_SETTINGS["hop_length"]} samples): the emission cache needs a CTC teacher with '
+                         f'20 ms frames (a 320-sample total stride at 16 kHz, as wav2vec2); change teacher.source')
+    if not (t == est == int(lengths[0])):
+        raise ValueError(f'teacher {teacher.identity.get("source")}: its n_frames() says {est} frames for {n} samples, its output '
+                         f'has {t} and its lengths {int(lengths[0])}; they must agree for the cache')
+    return rec
+
 # %% ../nbs/03_teacher.ipynb #c046
 def cache_hypothesis(cache:EmissionCache, uid:str) -> str:
     "Greedy transcript of utterance `uid` from its cached teacher log-probabilities."
@@ -587,6 +612,7 @@ def teacher_stage(run_dir, # run directory with config.json, corpus/ and splits.
     threads = set_threads(tc.threads)
     device = resolve_device(cfg.device)
     teacher, training = obtain_teacher(run_dir, device, progress)
+    check_frame_rate(teacher)   # a teacher with another frame rate would silently pad the student's input
     idx = cache_emissions(run_dir, teacher, tc.eval_batch_size, progress)
     splits = read_json(run_dir/'splits.json') if (run_dir/'splits.json').exists() else {}
     folds = splits.get('test_folds') or {}

@@ -38,11 +38,12 @@ def test_every_rejection_reason_is_counted_with_its_reason(tmp_path):
     cases = bad_inputs(tmp_path)
     good = [dict(id='ok1', audio=wav_bytes(tone(1.0, 44100, ch=2), 44100), text='Включи свет!'),
             dict(id='ok2', audio=wav_bytes(tone(2.0, 8000), 8000), text='ёлка')]
-    acc, rep = ingest([c for c, _ in cases] + good, tmp_path/'out')
+    dup = dict(id='ok1', audio=wav_bytes(tone()), text='да')   # an id already taken: rejected, counted, never an abort
+    acc, rep = ingest([c for c, _ in cases] + good + [dup], tmp_path/'out')
     assert [u.id for u in acc] == ['ok1', 'ok2']
     got = {r['id']: r['reason'] for r in rep['rejections']}
-    assert got == {c['id']: reason for c, reason in cases}
-    assert rep['candidates'] == len(cases) + 2 and rep['accepted'] + rep['rejected'] == rep['candidates']
+    assert got == {**{c['id']: reason for c, reason in cases}, 'ok1': 'duplicate utterance id'}
+    assert rep['candidates'] == len(cases) + 3 and rep['accepted'] + rep['rejected'] == rep['candidates']
     assert set(got.values()) == set(REJECTION_REASONS), 'a rejection reason has no test'
     # accepted audio is 16 kHz mono with the right length, transcripts normalised
     for u, sec in zip(acc, (1.0, 2.0)):

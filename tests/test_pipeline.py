@@ -44,15 +44,15 @@ def test_help_explains_every_option():
 def test_failed_stage_stops_with_notebook_path_and_resumes(tmp_path):
     cfg = tmp_path/'c.json'
     cfg.write_text(json.dumps({'corpus': {'source': 'nemo', 'nemo_manifest': str(tmp_path/'m.jsonl')}}))
+    (tmp_path/'m.jsonl').write_text(json.dumps({'audio_filepath': 'a.wav', 'text': 'да', 'duration': 1.0}) + '\n')  # a.wav missing
     run = tmp_path/'run'
     r = asr_kd('run', '--preset', 'smoke', '--run-dir', run, '--config', cfg, '--stages', '00_corpus', '--no-progress')
-    assert r.returncode == 1 and 'm.jsonl does not exist' in r.stderr
+    assert r.returncode == 1 and 'no utterance of 1 candidates was accepted' in r.stderr
     assert str(run/'notebooks'/'00_corpus.ipynb') in r.stderr and (run/'notebooks'/'00_corpus.ipynb').exists()
+    assert 'rerun the same command' in r.stderr and '--force 00_corpus' in r.stderr   # which one depends on the fix
     # make the missing input, rerun the same command: it resumes and finishes
     import soundfile as sf, numpy as np
-    (tmp_path/'a.wav').parent.mkdir(exist_ok=True)
     sf.write(tmp_path/'a.wav', (np.sin(np.arange(16000) / 5) * .3).astype('float32'), 16000)
-    (tmp_path/'m.jsonl').write_text(json.dumps({'audio_filepath': 'a.wav', 'text': 'да', 'duration': 1.0}) + '\n')
     r = asr_kd('run', '--preset', 'smoke', '--run-dir', run, '--config', cfg, '--stages', '00_corpus', '--no-progress')
     assert r.returncode == 0, r.stderr[-2000:]
     assert len((run/'corpus'/'manifest.jsonl').read_text().splitlines()) == 1
@@ -60,5 +60,7 @@ def test_failed_stage_stops_with_notebook_path_and_resumes(tmp_path):
 def test_paper_preset_offline_stops_fast_with_instructions(tmp_path):
     r = asr_kd('run', '--preset', 'paper', '--run-dir', tmp_path/'p', '--stages', '00_corpus', '--no-progress',
                env={'HF_HUB_OFFLINE': '1'}, timeout=300)
-    assert r.returncode == 1
+    assert r.returncode == 2 and not (tmp_path/'p').exists()    # refused before any stage, every missing source at once
     assert 'bond005/sberdevices_golos_10h_crowd' in r.stderr and 'corpus.hf_dataset' in r.stderr and '--config' in r.stderr
+    for key in ('corpus.ood_dataset', 'clustering.xvector_model', 'teacher.source'): assert key in r.stderr
+    assert '--repo-type dataset' in r.stderr

@@ -81,16 +81,22 @@ def test_speaker_leakage_is_measured_when_clusters_mix_speakers():
 
 @pytest.mark.parametrize('cfg, message', [
     (SplitsConfig(test_clusters=[0, 42]), r'names cluster\(s\) \[42\] that do not exist'),
-    (SplitsConfig(test_clusters=[1], train_clusters=[1, 2]), 'both train and test clusters'),
     (SplitsConfig(test_clusters=[1], min_fold_size=31), 'test fold cluster-1 has 30 utterances, below splits.min_fold_size=31'),
     (SplitsConfig(n_test_folds=11, min_fold_size=10), 'lower splits.n_test_folds'),
     (SplitsConfig(fractions=[1.0, 0.2], min_fold_size=10, min_fraction_size=50), 'fraction 0.2 has 48 utterances'),
-    (SplitsConfig(fractions=[1.0, 0.25]), 'fraction 0.25 is not a multiple of 0.1'),
 ])
 def test_bad_configs_are_refused(cfg, message):
     utts = corpus()
     with pytest.raises(ValueError, match=message):
         make_splits(utts, {u.id: int(u.speaker[3:]) for u in utts}, cfg, seed=0)
+
+
+@pytest.mark.parametrize('kw, message', [
+    (dict(test_clusters=[1], train_clusters=[1, 2]), r'splits.train_clusters=\[1, 2\]: must not share clusters with splits.test_clusters'),
+    (dict(fractions=[1.0, 0.25]), r'splits.fractions=\[1.0, 0.25\]: fractions are named'),
+])
+def test_bad_config_values_are_refused_when_made(kw, message):
+    with pytest.raises(ValueError, match=message): SplitsConfig(**kw)
 
 
 def test_utterance_in_train_and_test_is_refused():
