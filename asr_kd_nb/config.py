@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 # %% auto #0
 __all__ = ['PRESETS', 'log', 'config_section', 'from_dict', 'section_preset', 'StudyConfig', 'study_config', 'write_json',
            'read_json', 'config_hash', 'save_config', 'config_from_dict', 'load_config', 'resolve_device',
-           'derive_seed', 'MissingSourceError', 'hub_reachable', 'resolve_source']
+           'derive_seed', 'check_device', 'MissingSourceError', 'hub_reachable', 'resolve_source']
 
 # %% ../nbs/00_config.ipynb #c005
 PRESETS = ('smoke', 'default', 'paper')
@@ -140,6 +140,16 @@ def resolve_device(name:str='auto') -> str:
 def derive_seed(seed:int, *keys) -> int:
     "A 31-bit seed derived from `seed` and `keys` (stage names, fold names, ...)."
     return int(hashlib.sha256(repr((seed,) + keys).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+# %% ../nbs/00_config.ipynb #h13b
+def check_device(name:str) -> str: # the config's `device`
+    "`resolve_device(name)`, as a `ValueError` that names the fix when that device does not exist on this machine."
+    import torch
+    try: dev = resolve_device(name)
+    except RuntimeError as e: raise ValueError(f'{e} (config "device"; this machine has no usable GPU)') from None
+    if dev.startswith('cuda:') and int(dev.split(':')[1]) >= torch.cuda.device_count():
+        raise ValueError(f'device {name!r} requested but torch sees {torch.cuda.device_count()} CUDA device(s)')
+    return dev
 
 # %% ../nbs/00_config.ipynb #c022
 class MissingSourceError(RuntimeError):
