@@ -38,7 +38,7 @@ fail() { echo "gpu-check: STEP $1 FAILED: $2" >&2; exit 1; }
 # --- packages: the machine's own torch/numpy/transformers, our pure-Python and cp312 extras from .whl/ ---------------------
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 if ! $PY -c 'import optuna, papermill, jiwer, soundfile, ipykernel, fastcore, nbdev' 2>/dev/null; then
-  ls .whl/*.whl >/dev/null 2>&1 || fail install "packages missing and no wheels in .whl/ (see GPU-READY.txt)"
+  ls .whl/*.whl >/dev/null 2>&1 || fail install "packages missing and no wheels in .whl/ (download them as /work/.library/device/README.md says: cp312 manylinux wheels of the requirements.lock versions)"
   say "installing $(ls .whl/*.whl | wc -l) wheels into /tmp/site"
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || fail install "pip install of .whl/*.whl"
