@@ -13,9 +13,10 @@ from typing import Any, ClassVar
 __all__ = ['PRESETS', 'log', 'HUB_MODES', 'HUB_ID', 'PROGRESS_ENV', 'SMOKE_RUN', 'config_section', 'ConfigError', 'require',
            'value_fits', 'check_types', 'from_dict', 'section_preset', 'StudyConfig', 'study_config', 'write_json',
            'read_json', 'config_hash', 'save_config', 'config_from_dict', 'load_config', 'resolve_device',
-           'derive_seed', 'MissingSourceError', 'apply_hub_mode', 'hub_offline', 'hub_reachable', 'looks_like_path',
-           'in_hf_cache', 'download_advice', 'resolve_source', 'Source', 'config_source', 'config_check', 'hub_lookup',
-           'check_source', 'InvalidConfig', 'validate_config', 'report_progress', 'require_run_dir']
+           'derive_seed', 'check_device', 'MissingSourceError', 'apply_hub_mode', 'hub_offline', 'hub_reachable',
+           'looks_like_path', 'in_hf_cache', 'download_advice', 'resolve_source', 'Source', 'config_source',
+           'config_check', 'hub_lookup', 'check_source', 'InvalidConfig', 'validate_config', 'report_progress',
+           'require_run_dir']
 
 # %% ../nbs/00_config.ipynb #c005
 PRESETS = ('smoke', 'default', 'paper')
@@ -185,6 +186,16 @@ def resolve_device(name:str='auto') -> str:
 def derive_seed(seed:int, *keys) -> int:
     "A 31-bit seed derived from `seed` and `keys` (stage names, fold names, ...)."
     return int(hashlib.sha256(repr((seed,) + keys).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+# %% ../nbs/00_config.ipynb #h13b
+def check_device(name:str) -> str: # the config's `device`
+    "`resolve_device(name)`, as a `ValueError` that names the fix when that device does not exist on this machine."
+    import torch
+    try: dev = resolve_device(name)
+    except RuntimeError as e: raise ValueError(f'{e} (config "device"; this machine has no usable GPU)') from None
+    if dev.startswith('cuda:') and int(dev.split(':')[1]) >= torch.cuda.device_count():
+        raise ValueError(f'device {name!r} requested but torch sees {torch.cuda.device_count()} CUDA device(s)')
+    return dev
 
 # %% ../nbs/00_config.ipynb #c022
 class MissingSourceError(RuntimeError):

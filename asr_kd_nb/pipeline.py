@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from .config import (PRESETS, StudyConfig, study_config, save_config, read_json, write_json, config_hash,
-                              config_from_dict, _SECTIONS, validate_config, apply_hub_mode,
+                              config_from_dict, _SECTIONS, validate_config, apply_hub_mode, check_device,
                               PROGRESS_ENV, report_progress)
 from typing import Callable
 
@@ -246,6 +246,7 @@ def run_study(cfg:StudyConfig, run_dir, stages:list|None=None, # stage names to 
     names = [s.name for s in avail]
     for n in (stages or []) + ([force] if force else []):
         if n not in names: raise ValueError(f'unknown stage {n!r}; available: {names}')
+    check_device(cfg.device)   # a missing GPU stops the run before anything is written
     run_dir = prepare_run_dir(cfg, run_dir, force)
     todo = [s for s in avail if not stages or s.name in stages]
     forced_from = names.index(force) if force else len(names)

@@ -17,10 +17,11 @@ from .config import (config_section, load_config, write_json, read_json, config_
 from .corpus import Utterance, read_manifest, decode_audio, normalize_text, SAMPLE_RATE, VOCAB_CHARS
 
 # %% auto #0
-__all__ = ['log', 'PAPER_TEACHER', 'PAPER_REVISION', 'MFCC_SETTINGS', 'WIN', 'HOP', 'CONFORMER_ARCH', 'CACHE_FORMAT',
-           'TeacherConfig', 'set_threads', 'ctc_greedy_decode', 'cer', 'wer', 'student_mfcc', 'align_frames', 'Teacher',
-           'ConformerCTC', 'HFCTC', 'hf_vocab', 'make_w2v2', 'weights_sha256', 'save_conformer', 'load_teacher',
-           'text_ids', 'train_ctc', 'file_sha256', 'build_teacher_model', 'obtain_teacher', 'teacher_key',
+__all__ = ['log', 'PAPER_TEACHER', 'PAPER_REVISION', 'MFCC_SETTINGS', 'PRECISIONS', 'WIN', 'HOP', 'CONFORMER_ARCH', 'PROB_TOL',
+           'CACHE_FORMAT', 'TeacherConfig', 'set_threads', 'ctc_greedy_decode', 'cer', 'wer', 'student_mfcc',
+           'align_frames', 'teacher_autocast', 'Teacher', 'ConformerCTC', 'HFCTC', 'hf_vocab', 'make_w2v2',
+           'weights_sha256', 'save_conformer', 'load_teacher', 'text_ids', 'train_ctc', 'file_sha256',
+           'build_teacher_model', 'obtain_teacher', 'precision_error', 'choose_precision', 'teacher_key',
            'cache_manifests', 'cache_key', 'cache_emissions', 'EmissionCache', 'load_cache', 'check_frame_rate',
            'cache_hypothesis', 'teacher_cers', 'teacher_stage']
 
@@ -50,6 +51,7 @@ class TeacherConfig:
     max_steps: int = 300         # training steps; the schedule spans them ...
     max_minutes: float = 1.0     # ... unless this wall-clock cap (minutes) comes first
     eval_batch_size: int = 16    # utterances per teacher pass when building the cache
+    precision: str = 'auto'      # cache pass: 'auto' (on CUDA fp16 or bf16 when within tolerance of fp32, else fp32), 'fp32', 'fp16', 'bf16'
     threads: int = 0             # CPU threads for torch (0 = every core this process may use)
     presets: ClassVar[dict] = {
         'default': {'hidden': 192, 'num_layers': 4, 'ffn_dim': 768, 'max_steps': 900, 'max_minutes': 14.0},
@@ -63,6 +65,7 @@ class TeacherConfig:
         if self.conv_kernel % 2 == 0: raise ValueError(f'teacher.conv_kernel={self.conv_kernel} must be odd')
         for k in ('max_steps', 'batch_size', 'eval_batch_size', 'num_layers'):
             if getattr(self, k) < 1: raise ValueError(f'teacher.{k}={getattr(self, k)} must be >= 1')
+        if self.precision not in ('auto', 'fp32', 'fp16', 'bf16'): raise ValueError(f"teacher.precision={self.precision!r}; use 'auto', 'fp32', 'fp16' or 'bf16'")
         if self.max_minutes <= 0: raise ValueError(f'teacher.max_minutes={self.max_minutes} must be > 0')
         return self
 
@@ -131,6 +134,13 @@ def align_frames(feats:np.ndarray, # [T,D] frame features
     return np.concatenate([feats, np.zeros((n_frames - len(feats),) + feats.shape[1:], feats.dtype)])
 
 # %% ../nbs/03_teacher.ipynb #c017
+PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+def teacher_autocast(device:str, precision:str='fp32'): # torch device; a key of `PRECISIONS`
+    "`torch.autocast` in `precision` on `device`'s type; a no-op context for 'fp32'."
+    if precision not in PRECISIONS: raise ValueError(f'precision={precision!r}; use one of {list(PRECISIONS)}')
+    return torch.autocast(torch.device(device).type, dtype=PRECISIONS[precision], enabled=precision != 'fp32')
+
 class Teacher:
     "A CTC teacher: 16 kHz waveforms → 20 ms frame log-probabilities over a character vocabulary, with frame counts."
     def __init__(self, model:nn.Module, # forward(waves) -> (logits [B,T,V], n_frames [B]); has n_frames(n_samples)
@@ -139,12 +149,12 @@ class Teacher:
                  identity:dict, # what the teacher is (source, revision or weights hash, architecture)
                  device:str='cpu'):
         self.model, self.vocab, self.blank_id, self.identity = model.to(device).eval(), list(vocab), int(blank_id), dict(identity)
-        self.device = device
+        self.device, self.precision = device, 'fp32'   # precision of the forward pass (see `choose_precision`)
 
     def __call__(self, waves:list) -> tuple[torch.Tensor, torch.Tensor]: # 16 kHz float waveforms
         "(log-probabilities FloatTensor [B,T,V] on the CPU, valid frame counts LongTensor [B])."
         if not len(waves): raise ValueError('no waveforms given')
-        with torch.no_grad():
+        with torch.no_grad(), teacher_autocast(self.device, self.precision):
             logits, lengths = self.model([np.asarray(w, dtype=np.float32) for w in waves])
         return logits.float().log_softmax(-1).cpu(), lengths.long().cpu()
 
@@ -439,6 +449,40 @@ def obtain_teacher(run_dir, # run directory (reads config.json, splits.json, cor
     write_json(tdir/'training.json', rec)   # written last: it marks a complete teacher
     return load_teacher(str(tdir), device=device), rec
 
+# %% ../nbs/03_teacher.ipynb #h13t2
+PROB_TOL = 1e-3   # largest |p - p_fp32| of any token in any valid frame accepted from a reduced-precision teacher pass
+
+def precision_error(teacher:Teacher, waves:list, precision:str) -> dict: # a probe batch; 'fp16' or 'bf16'
+    "How far `teacher` in `precision` is from fp32 on `waves`: largest probability difference, argmax agreement."
+    old = teacher.precision
+    try:
+        teacher.precision = 'fp32'; ref, n = teacher(waves)
+        teacher.precision = precision; amp, _ = teacher(waves)
+    finally: teacher.precision = old
+    m = torch.arange(ref.shape[1])[None] < n[:, None]
+    r, a = ref[m], amp[m]
+    finite = bool(torch.isfinite(a).all())
+    return {'precision': precision, 'finite': finite, 'frames': int(m.sum()),
+            'max_prob_err': float((a.exp() - r.exp()).abs().max()) if finite else float('inf'),
+            'argmax_agreement': round(float((a.argmax(-1) == r.argmax(-1)).float().mean()), 6)}
+
+def choose_precision(teacher:Teacher, waves:list, # a probe batch of 16 kHz waveforms
+                     requested:str='auto', # 'auto', 'fp32', 'fp16' or 'bf16'
+                     tol:float=PROB_TOL) -> tuple[str, list]:
+    "(precision to use, checks made): `requested`, or for 'auto' on CUDA the first of fp16, bf16 within `tol` of fp32."
+    if requested not in ('auto', *PRECISIONS): raise ValueError(f'precision={requested!r}; use auto or one of {list(PRECISIONS)}')
+    if requested == 'fp32' or (requested == 'auto' and torch.device(teacher.device).type != 'cuda'): return 'fp32', []
+    checks = []
+    for p in (['fp16', 'bf16'] if requested == 'auto' else [requested]):
+        c = precision_error(teacher, waves, p); checks.append(c)
+        if c['finite'] and c['max_prob_err'] <= tol:
+            log.info('teacher pass in %s: largest probability difference from fp32 %.2g (tolerance %.1g)', p, c['max_prob_err'], tol)
+            return p, checks
+        log.warning('teacher pass in %s differs from fp32 by %.3g in probability (tolerance %.1g, finite=%s): not used',
+                    p, c['max_prob_err'], tol, c['finite'])
+    log.warning('emission cache computed in fp32: no reduced precision stayed within %.1g of fp32', tol)
+    return 'fp32', checks
+
 # %% ../nbs/03_teacher.ipynb #c040
 CACHE_FORMAT = 1
 
@@ -469,7 +513,9 @@ def _clear_cache(d:Path):
 def cache_emissions(run_dir, # run directory (reads corpus manifests, writes cache/)
                     teacher:Teacher, # the teacher whose emissions are cached
                     batch_size:int=16, # utterances per teacher pass
-                    progress:bool=True) -> dict:
+                    progress:bool=True,
+                    precision:str='fp32', # teacher pass: 'fp32', 'fp16', 'bf16', or 'auto' (see `choose_precision`)
+                   ) -> dict:
     "Build, resume, or validate `run_dir/cache` for `teacher`; returns the index (with build time and size)."
     d = Path(run_dir)/'cache'; d.mkdir(parents=True, exist_ok=True)
     manifests = cache_manifests(run_dir)
@@ -498,7 +544,9 @@ def cache_emissions(run_dir, # run directory (reads corpus manifests, writes cac
     frames = state['frames']; offsets = np.concatenate([[0], np.cumsum(frames)]).astype(int)
     lp = np.lib.format.open_memmap(d/'logprobs.npy', 'r+'); mf = np.lib.format.open_memmap(d/'mfcc.npy', 'r+')
     if lp.shape != (offsets[-1], len(teacher.vocab)): raise RuntimeError(f'{d/"logprobs.npy"} has shape {lp.shape}; expected {(offsets[-1], len(teacher.vocab))}')
-    order = sorted(range(len(utts)), key=lambda i: (state['n_samples'][i], i))
+    order = sorted(range(len(utts)), key=lambda i: (state['n_samples'][i], i))   # batches of similar length: little padding
+    probe = order[max(0, len(order) // 2 - batch_size // 2):][:batch_size]
+    teacher.precision, checks = choose_precision(teacher, [decode_audio(utts[i].audio_filepath) for i in probe], precision)
     t0 = time.monotonic()
     bar = tqdm(total=len(utts), initial=state['done'], desc='emission cache', disable=not progress, mininterval=5)
     for s in range(state['done'], len(order), batch_size):
@@ -520,7 +568,8 @@ def cache_emissions(run_dir, # run directory (reads corpus manifests, writes cac
     n_main = len(read_manifest(manifests[0]))
     idx = {'key': key, 'teacher': teacher.identity, 'vocab': teacher.vocab, 'blank_id': teacher.blank_id, 'ids': ids,
            'texts': [u.text for u in utts], 'frames': frames, 'offsets': offsets[:-1].tolist(), 'n_main': n_main,
-           'n_ood': len(ids) - n_main, 'build_s': state['build_s'],
+           'n_ood': len(ids) - n_main, 'build_s': state['build_s'], 'device': str(teacher.device),
+           'precision': teacher.precision, 'precision_checks': checks,
            'bytes': sum((d/f).stat().st_size for f in ('logprobs.npy', 'mfcc.npy'))}
     write_json(d/'index.json', idx)
     (d/'building.json').unlink()
@@ -613,7 +662,7 @@ def teacher_stage(run_dir, # run directory with config.json, corpus/ and splits.
     device = resolve_device(cfg.device)
     teacher, training = obtain_teacher(run_dir, device, progress)
     check_frame_rate(teacher)   # a teacher with another frame rate would silently pad the student's input
-    idx = cache_emissions(run_dir, teacher, tc.eval_batch_size, progress)
+    idx = cache_emissions(run_dir, teacher, tc.eval_batch_size, progress, tc.precision)
     splits = read_json(run_dir/'splits.json') if (run_dir/'splits.json').exists() else {}
     folds = splits.get('test_folds') or {}
     if not folds: log.warning('%s has no test folds; the teacher is scored on the out-of-domain set only', run_dir/'splits.json')
@@ -623,7 +672,7 @@ def teacher_stage(run_dir, # run directory with config.json, corpus/ and splits.
               'wer': teacher_cers(load_cache(run_dir), folds, 0, wer)[0],
               'test_utterances': {k: len(v) for k, v in folds.items()}, 'ood_utterances': idx['n_ood'],
               'cache': {'utterances': len(idx['ids']), 'frames': int(sum(idx['frames'])), 'bytes': idx['bytes'],
-                        'build_s': idx['build_s']},
+                        'build_s': idx['build_s'], 'precision': idx.get('precision', 'fp32')},
               'device': device, 'threads': threads, 'examples': examples}
     write_json(run_dir/'teacher'/'teacher.json', report)
     return report

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The GPU check: the smoke study on the device, `asr-kd bench kd` (P1, P2), KD trials per hour at W = 1, 2, 4, 8 workers
+# sharing the device against two CPU cores, and peak memory -- every figure in ONE JSON file (printed at the end).
+#
+#   bash scripts/gpu-check.sh --prepare            # here (CPU, eSpeak NG): stages 00-02 of the smoke study into runs/gpu-check
+#   bash scripts/gpu-check.sh                      # on the GPU machine: the rest, with device=cuda (the default)
+#   bash scripts/gpu-check.sh --device cpu         # here, to test the check itself (< 3 min on an idle 2-core machine: the study up to 03_teacher)
+#
+# Options: --run-dir DIR (prepared run directory, default runs/gpu-check; it is copied to a scratch folder first, so the
+# checkout stays clean), --out FILE (default $OUT/gpu-check.json, else runs/gpu-check.json), --stages ..., --seconds S,
+# --steps N, --workers "1 2 4 8", --no-large. On a machine that lacks the project's packages, the wheels in .whl/ are installed
+# into /tmp/site and the Jupyter kernel `asr-kd` is registered under /tmp/jupyter (nothing outside /tmp is touched).
+# A failed step is named (gpu-check: STEP x FAILED) and the exit status is 1; the JSON still holds every step done.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DEVICE=cuda; PREPARE=0; RUN_DIR=runs/gpu-check; OUTF=""; STAGES=""; SECONDS_=""; STEPS=""; WORKERS="1 2 4 8"; LARGE=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --device) DEVICE=$2; shift 2;;
+    --prepare) PREPARE=1; shift;;
+    --run-dir) RUN_DIR=$2; shift 2;;
+    --out) OUTF=$2; shift 2;;
+    --stages) STAGES=$2; shift 2;;
+    --seconds) SECONDS_=$2; shift 2;;
+    --steps) STEPS=$2; shift 2;;
+    --workers) WORKERS=$2; shift 2;;
+    --no-large) LARGE=--no-large; shift;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0;;
+    *) echo "gpu-check: unknown option $1 (see --help)" >&2; exit 2;;
+  esac
+done
+PY=${PYTHON:-python3}
+T0=$(date +%s)
+say() { echo "gpu-check [$(( $(date +%s) - T0 )) s]: $*" >&2; }
+fail() { echo "gpu-check: STEP $1 FAILED: $2" >&2; exit 1; }
+
+# --- packages: the machine's own torch/numpy/transformers, our pure-Python and cp312 extras from .whl/ ---------------------
+export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
+if ! $PY -c 'import optuna, papermill, jiwer, soundfile, ipykernel, fastcore, nbdev' 2>/dev/null; then
+  ls .whl/*.whl >/dev/null 2>&1 || fail install "packages missing and no wheels in .whl/ (download them as /work/.library/device/README.md says: cp312 manylinux wheels of the requirements.lock versions)"
+  say "installing $(ls .whl/*.whl | wc -l) wheels into /tmp/site"
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || fail install "pip install of .whl/*.whl"
+  export PYTHONPATH=/tmp/site:$PYTHONPATH
+  $PY -c 'import optuna, papermill, jiwer, soundfile, ipykernel, fastcore, nbdev' || fail install "imports after installing the wheels"
+fi
+if ! $PY -c 'from jupyter_client.kernelspec import KernelSpecManager as K; K().get_kernel_spec("asr-kd")' 2>/dev/null; then
+  say "registering the Jupyter kernel asr-kd under /tmp/jupyter"
+  $PY -m ipykernel install --prefix /tmp/jupyter --name asr-kd --display-name 'Python (asr-kd)' >/dev/null || fail kernel "ipykernel install"
+  export JUPYTER_PATH=/tmp/jupyter/share/jupyter${JUPYTER_PATH:+:$JUPYTER_PATH}
+fi
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+
+# --- prepare: the CPU-only stages (eSpeak NG corpus, clustering, splits) here, carried to the GPU machine ------------------
+if [ $PREPARE = 1 ]; then
+  cfg=$(mktemp --suffix .json); echo '{"preset": "smoke", "device": "cpu"}' > "$cfg"
+  say "preparing $RUN_DIR (stages 00-02 of the smoke study on the CPU)"
+  $PY -m asr_kd_nb.pipeline run --config "$cfg" --run-dir "$RUN_DIR" --stages 00_corpus 01_clustering 02_splits --no-progress \
+    || fail prepare "asr-kd run --stages 00_corpus 01_clustering 02_splits"
+  rm -f "$cfg"; say "prepared $RUN_DIR ($(du -sh "$RUN_DIR" | cut -f1)); carry it with .whl"
+  exit 0
+fi
+
+# --- the check ------------------------------------------------------------------------------------------------------------
+[ -f "$RUN_DIR/config.json" ] || fail prepare "$RUN_DIR/config.json missing: run 'bash scripts/gpu-check.sh --prepare' first (on a machine with espeak-ng)"
+WORK=$(mktemp -d /tmp/gpu-check-run.XXXXXX)
+cp -r "$RUN_DIR"/. "$WORK"/ || fail prepare "copy of $RUN_DIR"
+if [ -z "$OUTF" ]; then
+  if [ -n "${OUT:-}" ]; then OUTF=$OUT/gpu-check.json; else OUTF=runs/gpu-check.json; fi
+fi
+mkdir -p "$(dirname "$OUTF")"
+EXTRA=()
+if [ "$DEVICE" = cpu ]; then   # the CPU run tests the check: the study up to the teacher cache (a 40-step teacher), short windows
+  STAGES=${STAGES:-"00_corpus 01_clustering 02_splits 03_teacher"}; SECONDS_=${SECONDS_:-4}; STEPS=${STEPS:-8}
+  EXTRA=(--p1-steps 1 --set teacher.max_steps=40 teacher.max_minutes=0.25)
+else
+  SECONDS_=${SECONDS_:-10}; STEPS=${STEPS:-20}
+fi
+say "checking on $DEVICE in $WORK; figures into $OUTF"
+$PY -m asr_kd_nb.bench gpu-check --run-dir "$WORK" --out "$OUTF" --device "$DEVICE" ${STAGES:+--stages $STAGES} \
+    --seconds "$SECONDS_" --steps "$STEPS" --workers $WORKERS $LARGE "${EXTRA[@]}" 2>&1 | grep -v 'Kernel is running over TCP'
+rc=${PIPESTATUS[0]}
+[ -d "${OUT:-}" ] && [ -d "$WORK/notebooks" ] && tar czf "$OUT/gpu-check-notebooks.tgz" -C "$WORK" notebooks stages.json timings.json 2>/dev/null
+say "done (exit $rc); JSON in $OUTF"
+exit $rc
