@@ -206,8 +206,8 @@ class TrialPool:
     def measure(self, workers:int, seconds:float, threads:int|None=None) -> dict:
         "Trials finished per hour by the first `workers` workers, all started together, over `seconds`."
         if not 1 <= workers <= self.n: raise ValueError(f'workers={workers} must be in 1..{self.n}')
-        # CPU: the cores split between the workers; GPU: one thread each (the student runs on the GPU; idle OpenMP threads spin)
-        threads = threads or (1 if self.device.startswith('cuda') else max(1, len(self.cores) // workers))
+        # one thread each, as `kd.threads`: a tiny student gains nothing from more, and on busy cores OpenMP threads wait for each other
+        threads = threads or 1
         start_at = time.time() + 0.5
         for q in self.commands[:workers]: q.put((start_at, seconds, threads))
         rs = self._collect(workers, self.timeout + seconds * 20)
@@ -238,7 +238,7 @@ def trials_per_hour(run_dir, # run directory with the teacher stage done
                     seconds:float=20.0, # measuring window per W
                     steps:int=20, # training steps of one trial
                     cores:list|None=None, # pin the workers to these CPU cores (None: every core this process may use)
-                    threads:int|None=None, # CPU threads per worker (None: CPU: the cores split between the W workers; GPU: 1)
+                    threads:int|None=None, # CPU threads per worker (None: 1)
                    ) -> dict:
     "Fixed-size KD trials finished per hour by W processes sharing `device`, for each W: {str(W): record}."
     out = {}
