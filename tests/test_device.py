@@ -75,3 +75,8 @@ def test_training_on_cuda_keeps_every_tensor_there(toy):
         train_student(HP, toy, toy.ids[:8], KDConfig(steps=2), 0, device='cuda', student=r.student, optimizer=r.optimizer)
     on_cpu = sorted({f for f, d in seen if d == 'cpu'} - {'aten._to_copy.default', 'aten.copy_.default'})
     assert not on_cpu, on_cpu
+
+
+def test_bench_command_needs_a_run_dir():
+    r = asr_kd('bench', 'kd', timeout=300)
+    assert r.returncode == 2 and 'needs --run-dir' in r.stderr, r.stderr[-2000:]
