@@ -456,7 +456,8 @@ def bench_main(what:str='all', # one of `BENCHES`
     return out
 
 # %% ../nbs/09_bench.ipynb #b018
-GPU_CHECK_STEPS = ('environment', 'study_to_teacher', 'teacher_cache', 'bench_kd', 'trials_per_hour', 'peak_memory', 'study')
+GPU_CHECK_STEPS = ('environment', 'study_to_teacher', 'teacher_cache', 'bench_kd', 'trials_per_hour', 'peak_memory', 'device_test',
+                   'study')
 
 def environment(device:str) -> dict:
     "Machine, library versions and the device in use."
@@ -540,6 +541,15 @@ def gpu_check(run_dir, # run directory; its stages up to 02_splits may be done a
         if len(m) == 2: raise RuntimeError('no memory figures: bench_kd and trials_per_hour both failed')
         return m
     step('peak_memory', memory)
+    def device_test():
+        from asr_kd_nb.pipeline import nbs_dir
+        t = nbs_dir().parent/'tests'/'test_device.py'
+        if not t.exists(): return {'skipped': f'{t} not found'}
+        r = subprocess.run([sys.executable, '-m', 'pytest', str(t), '-q', '-p', 'no:cacheprovider', '-k', 'cuda_computes or bench_command'],
+                           capture_output=True, text=True, timeout=300, cwd=t.parent.parent)
+        if r.returncode: raise RuntimeError(f'pytest {t.name} exited {r.returncode}:\n{r.stdout[-2500:]}')
+        return {'passed': r.stdout.strip().splitlines()[-1]}
+    step('device_test', device_test)           # the CUDA-only device test (every compute op of training on the GPU)
     step('study', lambda: study(stages))       # the rest of the study, last: the figures above are saved whatever happens here
     return res
 
