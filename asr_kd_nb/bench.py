@@ -15,9 +15,11 @@ from .teacher import set_threads, load_cache, load_teacher, student_mfcc, align_
 from .kd import collate, kd_loss, train_student, evaluate_fold
 
 # %% auto #0
-__all__ = ['log', 'GPU_CHECK_STEPS', 'timeit', 'peak_rss_mib', 'peak_memory_mib', 'reset_peak_memory', 'large_wav2vec2_config',
-           'hf_teacher_fn', 'teacher_collate', 'bench_kd', 'print_bench_kd', 'TrialPool', 'throughput_record',
-           'trials_per_hour', 'environment', 'set_run_device', 'gpu_check', 'gpu_check_main']
+__all__ = ['log', 'BENCHES', 'GPU_CHECK_STEPS', 'timeit', 'peak_rss_mib', 'peak_memory_mib', 'reset_peak_memory',
+           'large_wav2vec2_config', 'hf_teacher_fn', 'teacher_collate', 'bench_kd', 'print_bench_kd', 'TrialPool',
+           'throughput_record', 'trials_per_hour', 'dry_run_dir', 'start_search_workers', 'study_worker_stats',
+           'bench_workers', 'postgres_server', 'bench_many_workers', 'print_workers', 'bench_clustering',
+           'student_cost', 'bench_main', 'environment', 'set_run_device', 'gpu_check', 'gpu_check_main']
 
 # %% ../nbs/09_bench.ipynb #b005
 log = logging.getLogger(__name__)
@@ -204,8 +206,8 @@ class TrialPool:
     def measure(self, workers:int, seconds:float, threads:int|None=None) -> dict:
         "Trials finished per hour by the first `workers` workers, all started together, over `seconds`."
         if not 1 <= workers <= self.n: raise ValueError(f'workers={workers} must be in 1..{self.n}')
-        # CPU: the cores split between the workers; GPU: one thread each (the student runs on the GPU; idle OpenMP threads spin)
-        threads = threads or (1 if self.device.startswith('cuda') else max(1, len(self.cores) // workers))
+        # one thread each, as `kd.threads`: a tiny student gains nothing from more, and on busy cores OpenMP threads wait for each other
+        threads = threads or 1
         start_at = time.time() + 0.5
         for q in self.commands[:workers]: q.put((start_at, seconds, threads))
         rs = self._collect(workers, self.timeout + seconds * 20)
@@ -236,7 +238,7 @@ def trials_per_hour(run_dir, # run directory with the teacher stage done
                     seconds:float=20.0, # measuring window per W
                     steps:int=20, # training steps of one trial
                     cores:list|None=None, # pin the workers to these CPU cores (None: every core this process may use)
-                    threads:int|None=None, # CPU threads per worker (None: CPU: the cores split between the W workers; GPU: 1)
+                    threads:int|None=None, # CPU threads per worker (None: 1)
                    ) -> dict:
     "Fixed-size KD trials finished per hour by W processes sharing `device`, for each W: {str(W): record}."
     out = {}
@@ -246,8 +248,216 @@ def trials_per_hour(run_dir, # run directory with the teacher stage done
             log.info('W=%d on %s: %.0f trials/h (%d trials in %.1f s)', w, device, r['trials_per_hour'], r['trials'], r['window_s'])
     return out
 
+# %% ../nbs/09_bench.ipynb #w001
+def dry_run_dir(d, # folder to create the run directory in
+                n_trials:int, # finished trials the study should reach
+                heartbeat:int=2, grace:int=60, # seconds: heartbeat interval, dead-worker grace period
+               ) -> Path:
+    "A run directory holding only a smoke config whose search uses the dry-run objective."
+    from asr_kd_nb.config import study_config, save_config
+    cfg = study_config('smoke', {'search': {'n_trials': n_trials, 'pruner': 'none', 'heartbeat_interval': heartbeat,
+                                            'grace_period': grace, 'poll_seconds': 0.5,
+                                            'objective': 'asr_kd_nb.search:dry_run_scorer'}}, sections=['search'])
+    save_config(cfg, d); return Path(d)
+
+def start_search_workers(run_dir, storage:str, n:int, pause:float, log_dir) -> list:
+    "`n` `asr-kd search` worker processes on the 1.0 study of `storage` (dry-run objective, `pause` s per student)."
+    env = {**os.environ, 'ASR_KD_DRY_RUN_SECONDS': str(pause)}
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    return [subprocess.Popen([sys.executable, '-m', 'asr_kd_nb.pipeline', 'search', '--run-dir', str(run_dir), '--fraction', '1.0',
+                              '--storage', storage, '--no-export'], env=env, stdout=open(Path(log_dir)/f'worker-{k}.log', 'w'),
+                             stderr=subprocess.STDOUT) for k in range(n)]
+
+# %% ../nbs/09_bench.ipynb #w002
+def study_worker_stats(study, # an Optuna study the workers have finished
+                       n_trials:int, # the N they were asked for
+                      ) -> dict:
+    "Counts, correctness checks (exactly N, no duplicated enqueued parameters, no lost results), throughput and idle share."
+    from optuna.trial import TrialState as S
+    ts = study.get_trials(deepcopy=False)
+    done = [t for t in ts if t.state in (S.COMPLETE, S.PRUNED)]
+    enq = [t for t in ts if 'enqueued' in t.user_attrs and t.state == S.COMPLETE]
+    keys = [json.dumps(t.params, sort_keys=True) for t in enq]
+    lost = [t.number for t in ts if t.state == S.COMPLETE and (t.value is None or len(t.intermediate_values) != 4
+                                                                 or len(t.user_attrs.get('cers', {})) != 4)]
+    out = {'finished': len(done), 'expected': n_trials, 'states': {s.name: sum(t.state == s for t in ts) for s in S if any(t.state == s for t in ts)},
+           'numbers_contiguous': sorted(t.number for t in ts) == list(range(len(ts))),
+           'enqueued_completed': len(enq), 'duplicated_enqueued_params': len(keys) - len(set(keys)),
+           'duplicated_enqueued_labels': len(enq) - len({t.user_attrs['enqueued'] for t in enq}), 'lost_results': lost}
+    if done:
+        t0, t1 = min(t.datetime_start for t in done), max(t.datetime_complete for t in done)
+        span = max((t1 - t0).total_seconds(), 1e-9)
+        by = {}
+        for t in done: by.setdefault(t.user_attrs.get('worker', '?'), []).append(t)
+        busy = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done)
+        avail = sum((t1 - min(t.datetime_start for t in w)).total_seconds() for w in by.values())
+        out.update(workers_with_trials=len(by), span_s=round(span, 2), trials_per_s=round(len(done) / span, 3),
+                   idle_share=round(1 - busy / max(avail, 1e-9), 3))
+    out['ok'] = (out['finished'] == n_trials and out['states'].get('RUNNING', 0) == 0 and out['states'].get('WAITING', 0) == 0
+                 and out['numbers_contiguous'] and not out['duplicated_enqueued_params'] and not out['duplicated_enqueued_labels']
+                 and not lost)
+    return out
+
+# %% ../nbs/09_bench.ipynb #w004
+def bench_workers(storage:str, # Optuna RDB URL shared by the workers
+                  workers:int=16, # worker processes
+                  n_trials:int=64, # finished trials all workers together must reach
+                  pause:float=0.02, # seconds per dry-run student (four per trial)
+                  timeout:float=600.0, # seconds before the workers are killed and the measurement fails
+                  work_dir=None, # where the run directory and worker logs go (default: a temporary folder)
+                 ) -> dict:
+    "`workers` dry-run `asr-kd search` processes on one fresh study of `storage`; the study's checks and throughput."
+    import optuna, tempfile, shutil
+    from asr_kd_nb.search import study_name, storage_url
+    tmp = Path(work_dir or tempfile.mkdtemp(prefix='asr-kd-workers-'))
+    url = storage_url(storage)
+    try: optuna.delete_study(study_name=study_name(1.0), storage=url)       # a reused database: start from an empty study
+    except KeyError: pass
+    run = dry_run_dir(tmp/'run', n_trials)
+    t0 = time.perf_counter()
+    procs = start_search_workers(run, storage, workers, pause, tmp/'logs')
+    deadline, codes = t0 + timeout, []
+    for p in procs:
+        try: codes.append(p.wait(timeout=max(1, deadline - time.perf_counter())))
+        except subprocess.TimeoutExpired:
+            for q in procs: q.kill()
+            raise RuntimeError(f'{workers} workers did not finish {n_trials} trials in {timeout:.0f} s; logs in {tmp/"logs"}')
+    wall = time.perf_counter() - t0
+    bad = [k for k, c in enumerate(codes) if c != 0]
+    if bad: raise RuntimeError(f'workers {bad} exited with {[codes[k] for k in bad]}; see {tmp/"logs"}/worker-{bad[0]}.log:\n'
+                               + (tmp/'logs'/f'worker-{bad[0]}.log').read_text()[-2000:])
+    st = study_worker_stats(optuna.load_study(study_name=study_name(1.0), storage=url), n_trials)
+    backend = url.split(':', 1)[0].split('+')[0]
+    res = {'backend': backend, 'workers': workers, 'pause_s': pause, 'busy_s_per_trial': 4 * pause, 'wall_s': round(wall, 1), **st}
+    if not work_dir: shutil.rmtree(tmp, ignore_errors=True)
+    return res
+
+# %% ../nbs/09_bench.ipynb #w005
+def postgres_server():
+    "Context manager: a throwaway PostgreSQL from `scripts/postgres.sh` (or `$ASR_KD_PG_URL`); yields its URL."
+    import contextlib
+    @contextlib.contextmanager
+    def _cm():
+        if os.environ.get('ASR_KD_PG_URL'): yield os.environ['ASR_KD_PG_URL']; return
+        script = Path(__file__).resolve().parents[1]/'scripts'/'postgres.sh'
+        r = subprocess.run(['bash', str(script), 'start'], capture_output=True, text=True, timeout=120)
+        if r.returncode: raise RuntimeError(f'scripts/postgres.sh start failed ({r.returncode}): {r.stderr[-1000:]}')
+        env = dict(l.removeprefix('export ').split('=', 1) for l in r.stdout.splitlines() if l.startswith('export '))
+        try: yield env['ASR_KD_PG_URL']
+        finally: subprocess.run(['bash', str(script), 'stop', env['ASR_KD_PG_DIR']], timeout=60)
+    return _cm()
+
+def bench_many_workers(workers:int=16, n_trials:int=64, pause:float=0.02, backends:tuple=('postgresql', 'sqlite'),
+                       quiet:bool=False) -> dict:
+    "The many-workers benchmark: `workers` dry-run workers on PostgreSQL and on SQLite; printed and returned per backend."
+    import tempfile
+    out = {}
+    for b in backends:
+        if b == 'postgresql':
+            with postgres_server() as url: out[b] = bench_workers(url, workers, n_trials, pause)
+        elif b == 'sqlite':
+            with tempfile.TemporaryDirectory() as d: out[b] = bench_workers(f'sqlite:///{d}/studies.db', workers, n_trials, pause)
+        else: raise ValueError(f'backend {b!r}; use postgresql or sqlite')
+        if not quiet: print_workers(out[b])
+    return out
+
+def print_workers(r:dict):
+    "One line of `bench_workers`'s figures."
+    print(f"{r['backend']}: {r['workers']} workers, {r['finished']}/{r['expected']} finished trials ({'ok' if r['ok'] else 'NOT OK'}: "
+          f"{r['duplicated_enqueued_params']} duplicated enqueued, {len(r['lost_results'])} lost), {r.get('trials_per_s', 0):.2f} trials/s "
+          f"over {r.get('span_s', 0):.1f} s, idle share {r.get('idle_share', float('nan')):.0%} "
+          f"(a trial is {r['busy_s_per_trial']:.2f} s of work; {r['wall_s']:.0f} s with start-up)")
+
+# %% ../nbs/09_bench.ipynb #k001
+def _cpu_seconds() -> float:
+    "CPU seconds used so far by this process and its live children (the sweep's worker processes)."
+    try:
+        import psutil
+        procs = [psutil.Process()]; procs += procs[0].children(recursive=True)
+        return sum(sum(p.cpu_times()[:4]) for p in procs)
+    except Exception: return time.process_time()
+
+def bench_clustering(n:int=18780, # utterances (Golos 10h has 18,780)
+                     dim:int=512, # embedding size (x-vectors: 512)
+                     seed:int=0, # data and clustering seed
+                     preset:str='paper', # whose sweep grid and UMAP settings to time
+                    ) -> dict:
+    "Time sweep + silhouette + UMAP of `preset`'s clustering section on `n` x `dim` synthetic vectors; prints and returns the times."
+    from asr_kd_nb.config import section_preset
+    from asr_kd_nb.clustering import (ClusteringConfig, synthetic_speaker_vectors, sweep_clusterings, clustering_grid, umap_2d)
+    cfg = section_preset(ClusteringConfig, preset)
+    X, spk = synthetic_speaker_vectors(n, dim, seed)
+    t0, c0 = time.perf_counter(), _cpu_seconds()
+    rows, labels = sweep_clusterings(X, clustering_grid(cfg, n), list(spk), cfg.silhouette_sample, seed, cfg.n_jobs)
+    t1 = time.perf_counter()
+    umap_2d(X, seed, cfg.umap_max_points, cfg.umap_neighbors)
+    t2 = time.perf_counter()
+    res = {'n': n, 'dim': dim, 'rows': len(rows), 'sweep_and_silhouette_s': round(t1 - t0, 1), 'umap_s': round(t2 - t1, 1),
+           'total_s': round(t2 - t0, 1), 'cpu_s': round(_cpu_seconds() - c0, 1), 'load_average_1min': round(os.getloadavg()[0], 2),
+           'cores': os.cpu_count(), 'umap_points': min(n, cfg.umap_max_points or n), 'silhouette_points': rows[0]['silhouette_points']}
+    print(f"clustering benchmark ({preset} grid, {len(rows)} rows) on {n} x {dim}: sweep+silhouette {res['sweep_and_silhouette_s']} s, "
+          f"UMAP ({res['umap_points']} points) {res['umap_s']} s, total {res['total_s']} s wall, {res['cpu_s']} CPU-s "
+          f"on {res['cores']} cores (load average {res['load_average_1min']})")
+    return res
+
+# %% ../nbs/09_bench.ipynb #k004
+def student_cost(run_dir, # run directory with the teacher stage done
+                 device:str|None=None, # None: the run's config device
+                 steps:int=10, # timed training steps per size
+                 threads:int|None=None, # torch CPU threads (None: the run's kd.threads)
+                ) -> list[dict]:
+    "Seconds (wall and CPU) per utterance-epoch of training for three student sizes, smallest first."
+    from asr_kd_nb.conformer import count_parameters
+    run_dir = Path(run_dir); cfg = load_config(run_dir); device = check_device(device or cfg.device)
+    cache, splits = load_cache(run_dir), read_json(run_dir/'splits.json')
+    set_threads(cfg.kd.threads if threads is None else threads)
+    sizes = {}
+    for f in ('0.5', '1.0', '0.7'):
+        hp = scale_hparams(PAPER_BEST[f], cfg.conformer)
+        sizes.setdefault(count_parameters(build_student(hp, len(cache.vocab))), (f, hp))
+    out = []
+    for n, (f, hp) in sorted(sizes.items()):
+        train_student(hp, cache, splits['train'], cfg.kd, 0, steps=2, device=device)       # warm-up
+        _sync(device); t, c = time.perf_counter(), time.process_time()
+        train_student(hp, cache, splits['train'], cfg.kd, 1, steps=steps, device=device); _sync(device)
+        utt = steps * hp.minibatch_size
+        out.append({'config': f'paper-best-{f}', 'student': hp.summary(), 'parameters': n, 'device': device,
+                    'wall_s_per_utterance': (time.perf_counter() - t) / utt, 'cpu_s_per_utterance': (time.process_time() - c) / utt})
+    return out
+
+# %% ../nbs/09_bench.ipynb #k006
+BENCHES = ('all', 'clustering', 'kd', 'workers')
+
+def bench_main(what:str='all', # one of `BENCHES`
+               run_dir=None, # run directory with the teacher stage done (all, kd)
+               device:str|None=None, # None: the run's config device
+               workers:int=16, # workers: worker processes per backend
+               n_trials:int=64, # workers: finished trials per study
+               seconds:float=20.0, # all: window of each trials-per-hour measurement
+              ) -> dict:
+    "What `asr-kd bench WHAT` runs; prints its figures and returns them."
+    if what not in BENCHES: raise ValueError(f'unknown benchmark {what!r}; choose one of {BENCHES}')
+    if what == 'clustering': return bench_clustering()
+    if what == 'workers': return bench_many_workers(workers, n_trials)
+    if run_dir is None: raise ValueError(f'bench {what} needs --run-dir: a run directory with the teacher stage (03_teacher) done')
+    dev = check_device(device or load_config(run_dir).device)
+    out = {'kd': bench_kd(run_dir, dev)}
+    if what == 'kd': return out
+    cores = len(os.sched_getaffinity(0))
+    out['trials_per_hour'] = tph = trials_per_hour(run_dir, dev, tuple(sorted({1, cores})), seconds)
+    for w, r in tph.items():
+        print(f"trials/hour on {dev}, W={w} worker(s) x {r['threads_per_worker']} thread(s): {r['trials_per_hour']:.0f} "
+              f"({r['trials']} trials of {r['steps_per_trial']} steps in {r['window_s']:.1f} s)")
+    out['student_cost'] = sc = student_cost(run_dir, dev)
+    for r in sc:
+        print(f"student {r['student']} ({r['parameters']:,} parameters): {r['wall_s_per_utterance']*1e3:.1f} ms "
+              f"({r['cpu_s_per_utterance']*1e3:.1f} CPU-ms) per utterance-epoch on {r['device']}")
+    print('P3 (pruners at equal best CER): not measured here -- it runs whole searches (see the search chapter)')
+    return out
+
 # %% ../nbs/09_bench.ipynb #b018
-GPU_CHECK_STEPS = ('environment', 'study_to_teacher', 'teacher_cache', 'bench_kd', 'trials_per_hour', 'peak_memory', 'study')
+GPU_CHECK_STEPS = ('environment', 'study_to_teacher', 'teacher_cache', 'bench_kd', 'trials_per_hour', 'peak_memory', 'device_test',
+                   'study')
 
 def environment(device:str) -> dict:
     "Machine, library versions and the device in use."
@@ -331,6 +541,15 @@ def gpu_check(run_dir, # run directory; its stages up to 02_splits may be done a
         if len(m) == 2: raise RuntimeError('no memory figures: bench_kd and trials_per_hour both failed')
         return m
     step('peak_memory', memory)
+    def device_test():
+        from asr_kd_nb.pipeline import nbs_dir
+        t = nbs_dir().parent/'tests'/'test_device.py'
+        if not t.exists(): return {'skipped': f'{t} not found'}
+        r = subprocess.run([sys.executable, '-m', 'pytest', str(t), '-q', '-p', 'no:cacheprovider', '-k', 'cuda_computes or bench_command'],
+                           capture_output=True, text=True, timeout=300, cwd=t.parent.parent)
+        if r.returncode: raise RuntimeError(f'pytest {t.name} exited {r.returncode}:\n{r.stdout[-2500:]}')
+        return {'passed': r.stdout.strip().splitlines()[-1]}
+    step('device_test', device_test)           # the CUDA-only device test (every compute op of training on the GPU)
     step('study', lambda: study(stages))       # the rest of the study, last: the figures above are saved whatever happens here
     return res
 

@@ -19,8 +19,7 @@ __all__ = ['log', 'ALGORITHMS', 'ClusteringConfig', 'mfcc_statistics', 'standard
            'torch_threads', 'embed_utterances', 'condensed_distances', 'cut_tree', 'birch_labels',
            'silhouette_from_distances', 'row_name', 'clustering_grid', 'relabel_by_size', 'silhouette_sample_distances',
            'sweep_clusterings', 'chosen_spec', 'choose_row', 'check_chosen', 'exact_knn', 'umap_2d', 'plot_umap',
-           'plot_silhouettes', 'write_labels', 'read_labels', 'cluster_stage', 'synthetic_speaker_vectors',
-           'bench_clustering']
+           'plot_silhouettes', 'write_labels', 'read_labels', 'cluster_stage', 'synthetic_speaker_vectors']
 
 # %% ../nbs/01_clustering.ipynb #c005
 log = logging.getLogger(__name__)
@@ -543,34 +542,3 @@ def synthetic_speaker_vectors(n:int=18780, # utterances
     C = l2_normalise(rng.normal(size=(max(1, n // per_speaker), dim)))
     spk = rng.integers(0, len(C), n)
     return l2_normalise(C[spk] + rng.normal(size=(n, dim)) * spread / np.sqrt(dim)), spk
-
-def _cpu_seconds() -> float:
-    "CPU seconds used so far by this process and its live children (the sweep's worker processes)."
-    try:
-        import psutil
-        procs = [psutil.Process()]; procs += procs[0].children(recursive=True)
-        return sum(sum(p.cpu_times()[:4]) for p in procs)
-    except Exception: return time.process_time()
-
-def bench_clustering(n:int=18780, # utterances (Golos 10h has 18,780)
-                     dim:int=512, # embedding size (x-vectors: 512)
-                     seed:int=0, # data and clustering seed
-                     preset:str='paper', # whose sweep grid and UMAP settings to time
-                    ) -> dict:
-    "Time sweep + silhouette + UMAP of `preset`'s clustering section on `n` x `dim` synthetic vectors; prints and returns the times."
-    import os
-    from asr_kd_nb.config import section_preset
-    cfg = section_preset(ClusteringConfig, preset)
-    X, spk = synthetic_speaker_vectors(n, dim, seed)
-    t0, c0 = time.perf_counter(), _cpu_seconds()
-    rows, labels = sweep_clusterings(X, clustering_grid(cfg, n), list(spk), cfg.silhouette_sample, seed, cfg.n_jobs)
-    t1 = time.perf_counter()
-    umap_2d(X, seed, cfg.umap_max_points, cfg.umap_neighbors)
-    t2 = time.perf_counter()
-    res = {'n': n, 'dim': dim, 'rows': len(rows), 'sweep_and_silhouette_s': round(t1 - t0, 1), 'umap_s': round(t2 - t1, 1),
-           'total_s': round(t2 - t0, 1), 'cpu_s': round(_cpu_seconds() - c0, 1), 'load_average_1min': round(os.getloadavg()[0], 2),
-           'cores': os.cpu_count(), 'umap_points': min(n, cfg.umap_max_points or n), 'silhouette_points': rows[0]['silhouette_points']}
-    print(f"clustering benchmark ({preset} grid, {len(rows)} rows) on {n} x {dim}: sweep+silhouette {res['sweep_and_silhouette_s']} s, "
-          f"UMAP ({res['umap_points']} points) {res['umap_s']} s, total {res['total_s']} s wall, {res['cpu_s']} CPU-s "
-          f"on {res['cores']} cores (load average {res['load_average_1min']})")
-    return res

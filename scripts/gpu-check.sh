@@ -32,8 +32,16 @@ while [ $# -gt 0 ]; do
 done
 PY=${PYTHON:-python3}
 T0=$(date +%s)
+if [ -z "$OUTF" ] && [ $PREPARE = 0 ]; then
+  if [ -n "${OUT:-}" ]; then OUTF=$OUT/gpu-check.json; else OUTF=runs/gpu-check.json; fi
+fi
 say() { echo "gpu-check [$(( $(date +%s) - T0 )) s]: $*" >&2; }
-fail() { echo "gpu-check: STEP $1 FAILED: $2" >&2; exit 1; }
+fail() {   # name the step; leave a JSON saying which step failed when none was written yet
+  echo "gpu-check: STEP $1 FAILED: $2" >&2
+  if [ -n "$OUTF" ] && [ ! -f "$OUTF" ]; then mkdir -p "$(dirname "$OUTF")"
+    printf '{"failed": ["%s"], "error": "%s"}\n' "$1" "$(echo "$2" | tr -d '"\\' | tr '\n' ' ')" > "$OUTF"; fi
+  exit 1
+}
 
 # --- packages: the machine's own torch/numpy/transformers, our pure-Python and cp312 extras from .whl/ ---------------------
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
@@ -53,22 +61,19 @@ fi
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 
 # --- prepare: the CPU-only stages (eSpeak NG corpus, clustering, splits) here, carried to the GPU machine ------------------
-if [ $PREPARE = 1 ]; then
-  cfg=$(mktemp --suffix .json); echo '{"preset": "smoke", "device": "cpu"}' > "$cfg"
+prepare() {
+  local cfg; cfg=$(mktemp --suffix .json); echo '{"preset": "smoke", "device": "cpu"}' > "$cfg"
   say "preparing $RUN_DIR (stages 00-02 of the smoke study on the CPU)"
   $PY -m asr_kd_nb.pipeline run --config "$cfg" --run-dir "$RUN_DIR" --stages 00_corpus 01_clustering 02_splits --no-progress \
-    || fail prepare "asr-kd run --stages 00_corpus 01_clustering 02_splits"
+    || fail prepare "asr-kd run --stages 00_corpus 01_clustering 02_splits (needs espeak-ng; on the GPU machine carry a prepared $RUN_DIR)"
   rm -f "$cfg"; say "prepared $RUN_DIR ($(du -sh "$RUN_DIR" | cut -f1)); carry it with .whl"
-  exit 0
-fi
+}
+if [ $PREPARE = 1 ]; then prepare; exit 0; fi
 
 # --- the check ------------------------------------------------------------------------------------------------------------
-[ -f "$RUN_DIR/config.json" ] || fail prepare "$RUN_DIR/config.json missing: run 'bash scripts/gpu-check.sh --prepare' first (on a machine with espeak-ng)"
+[ -f "$RUN_DIR/config.json" ] || prepare    # not carried: make it here (works where espeak-ng is, i.e. not on the GPU machine)
 WORK=$(mktemp -d /tmp/gpu-check-run.XXXXXX)
 cp -r "$RUN_DIR"/. "$WORK"/ || fail prepare "copy of $RUN_DIR"
-if [ -z "$OUTF" ]; then
-  if [ -n "${OUT:-}" ]; then OUTF=$OUT/gpu-check.json; else OUTF=runs/gpu-check.json; fi
-fi
 mkdir -p "$(dirname "$OUTF")"
 EXTRA=()
 if [ "$DEVICE" = cpu ]; then   # the CPU run tests the check: the study up to the teacher cache (a 40-step teacher), short windows

@@ -60,18 +60,29 @@ def test_benchmarks_refuse_a_missing_gpu(tmp_path):
     with pytest.raises(ValueError, match='no CUDA device'): TrialPool(tmp_path, 'cuda', 1)
 
 
+COMPUTE_OPS = ('convolution', 'mm', 'addmm', 'bmm', 'baddbmm', 'linear', '_log_softmax', '_softmax', 'native_layer_norm',
+               'batch_norm', 'gelu', 'silu', 'glu', 'sigmoid')
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
-def test_training_on_cuda_keeps_every_tensor_there(toy):
-    "On a GPU machine: every aten op of a training step and an evaluation sees CUDA tensors only (0-dim CPU scalars aside)."
+def test_training_on_cuda_computes_on_cuda(toy):
+    "On a GPU machine: every compute op (convolutions, matrix products, norms, activations) of training and evaluation runs on CUDA."
     from torch.utils._python_dispatch import TorchDispatchMode
     seen = set()
     class Devices(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            for a in torch.utils._pytree.tree_leaves((args, kwargs or {})):
-                if isinstance(a, torch.Tensor) and a.dim() > 0: seen.add((str(func), a.device.type))
+            name = str(func).split('.')[1] if str(func).startswith('aten.') else str(func)
+            if any(name == op or name.startswith(op + '_') or name.endswith(op) for op in COMPUTE_OPS):
+                for a in torch.utils._pytree.tree_leaves((args, kwargs or {})):
+                    if isinstance(a, torch.Tensor) and a.dim() > 0: seen.add((name, a.device.type))
             return func(*args, **(kwargs or {}))
     r = train_student(HP, toy, toy.ids[:8], KDConfig(steps=1), 0, device='cuda')
     with Devices():
         train_student(HP, toy, toy.ids[:8], KDConfig(steps=2), 0, device='cuda', student=r.student, optimizer=r.optimizer)
-    on_cpu = sorted({f for f, d in seen if d == 'cpu'} - {'aten._to_copy.default', 'aten.copy_.default'})
-    assert not on_cpu, on_cpu
+        evaluate_fold(r.student, toy, toy.ids[8:], 4, device='cuda')
+    assert seen and {d for _, d in seen} == {'cuda'}, sorted(seen)
+
+
+def test_bench_command_needs_a_run_dir():
+    r = asr_kd('bench', 'kd', timeout=300)
+    assert r.returncode == 2 and 'needs --run-dir' in r.stderr, r.stderr[-2000:]
