@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from .config import (PRESETS, StudyConfig, study_config, save_config, read_json, write_json, config_hash,
                               config_from_dict, _SECTIONS)
+from .rundir import frac_label, study_key
 
 # %% auto #0
 __all__ = ['STAGES', 'KERNEL', 'log', 'PUBLISHED', 'Stage', 'nbs_dir', 'available_stages', 'stage_fingerprint', 'stage_keys',
@@ -22,7 +23,7 @@ class Stage:
     "One stage of the study: a notebook, its module, and the outputs that mark it done."
     name: str                 # notebook stem in nbs/, e.g. '00_corpus'
     module: str               # asr_kd_nb module defining the stage's config section
-    outputs: tuple            # files relative to the run dir; '{fraction}' is filled per fraction
+    outputs: tuple            # files relative to the run dir; '{label}' is filled per fraction (`rundir.frac_label`)
     per_fraction: bool = False  # run once per configured data fraction (papermill parameter `data_fraction`)
 
 STAGES = [
@@ -33,7 +34,7 @@ STAGES = [
     Stage('03_teacher', 'teacher', ('teacher/teacher.json', 'cache/index.json')),
     Stage('04_conformer', 'conformer', ('conformer/summary.json',)),
     Stage('05_kd', 'kd', ('kd/baseline.json',)),
-    Stage('06_search', 'search', ('search/frac-{fraction}/trials.csv', 'search/frac-{fraction}/best.json'), per_fraction=True),
+    Stage('06_search', 'search', ('search/{label}.json',), per_fraction=True),   # all R replicate studies of the fraction
     Stage('07_datasize', 'datasize', ('report/summary.json',)),
 ]
 
@@ -63,14 +64,15 @@ def stage_fingerprint(cfg:StudyConfig, stage:Stage, stages:list[Stage]) -> str:
 def stage_keys(cfg:StudyConfig, stage:Stage) -> list[tuple[str, str|None]]:
     "(key in stages.json, fraction) for each execution of `stage`."
     if not stage.per_fraction: return [(stage.name, None)]
-    return [(f'{stage.name}/frac-{float(f):.2f}', f'{float(f):.2f}') for f in cfg.splits.fractions]
+    return [(f'{stage.name}/{frac_label(f)}', f'{float(f):.2f}') for f in cfg.splits.fractions]
 
 def stage_done(run_dir, cfg, stage, stages, key, fraction) -> bool:
     "Whether `stage` (for `fraction`) finished with the current fingerprint and its outputs exist."
     run_dir = Path(run_dir); p = run_dir/'stages.json'
     rec = read_json(p).get(key) if p.exists() else None
     if not rec or rec.get('fingerprint') != stage_fingerprint(cfg, stage, stages): return False
-    return all((run_dir/o.format(fraction=fraction)).exists() for o in stage.outputs)
+    label = frac_label(fraction) if fraction is not None else ''
+    return all((run_dir/o.format(label=label)).exists() for o in stage.outputs)
 
 # %% ../nbs/08_pipeline.ipynb #c012
 KERNEL = 'asr-kd'
@@ -188,7 +190,7 @@ def build_config(preset:str|None, config_file:str|None) -> StudyConfig:
     return study_config(preset or over.get('preset') or 'default', over)
 
 # %% ../nbs/08_pipeline.ipynb #c022
-PUBLISHED = ['report/*.png', 'clustering/umap.png', 'teacher/cer.png', 'kd/baseline.png', 'search/frac-1.00/history.png']
+PUBLISHED = ['report/*.png', 'clustering/umap.png', 'teacher/cer.png', 'kd/baseline.png', f'search/{study_key(1.0, 0)}/history.png']
 
 def publish_results(run_dir, dest=None) -> Path:
     "Copy a finished run's figures, `report/summary.json` and timings into `nbs/images/` with provenance."
@@ -290,7 +292,7 @@ def main(argv:list|None=None) -> int:
             _say(f'done in {t["last_invocation_s"]:.0f} s (study total {t["total_s"]:.0f} s); results in {Path(a.run_dir).resolve()}')
             rep = Path(a.run_dir)/'report'/'summary.json'
             if rep.exists():
-                from asr_kd_nb.datasize import headline
+                from asr_kd_nb.report import headline
                 _say(headline(a.run_dir))
             return 0
         if a.cmd == 'search':
@@ -311,7 +313,7 @@ def main(argv:list|None=None) -> int:
             if a.check and not same: _say('asr-kd: README.md is out of date with nbs/index.ipynb; run `asr-kd readme`')
             return 0 if same or not a.check else 1
         if a.cmd == 'report':
-            from asr_kd_nb.datasize import render_html_report
+            from asr_kd_nb.report import render_html_report
             _say(str(render_html_report(a.run_dir))); return 0
     except (ValueError, ConfigMismatch, FileNotFoundError) as e:
         p.print_usage(sys.stderr); _say(f'asr-kd: error: {e}'); return 2

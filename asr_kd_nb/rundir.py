@@ -9,7 +9,7 @@ from pathlib import Path
 from .config import read_json
 
 # %% auto #0
-__all__ = ['RUN_PATHS', 'run_path', 'frac_key', 'frac_label', 'study_key', 'parse_study_key', 'study_dir',
+__all__ = ['RUN_PATHS', 'run_path', 'frac_key', 'frac_label', 'split_frac_label', 'study_key', 'parse_study_key', 'study_dir',
            'fraction_summary_path', 'stage_notebook', 'read_splits', 'fraction_ids', 'test_folds', 'read_trials',
            'finished_studies']
 
@@ -34,6 +34,11 @@ def frac_key(f) -> str:
 def frac_label(f) -> str:
     "The label of fraction `f` in folder, study and stage names: 'frac-0.30'."
     return f'frac-{float(frac_key(f)):.2f}'
+
+def split_frac_label(name:str) -> tuple[str, str|None]:
+    "(prefix, fraction key) of a name ending in a fraction label ('06_search-frac-0.30' → ('06_search', '0.3')); (name, None) otherwise."
+    m = re.fullmatch(r'(.*?)-?frac-(\d\.\d\d)', str(name))
+    return (m[1], frac_key(float(m[2]))) if m else (str(name), None)
 
 # %% ../nbs/00_rundir.ipynb #c011
 _STUDY = re.compile(r'frac-(\d\.\d\d)-r(\d+)')
