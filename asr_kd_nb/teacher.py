@@ -48,11 +48,11 @@ class TeacherConfig:
     learning_rate: float = 1.5e-3  # peak AdamW learning rate
     warmup_steps: int = 100      # linear warm-up, then cosine decay to zero over the budget
     max_steps: int = 300         # training steps; the schedule spans them ...
-    max_minutes: float = 1.0     # ... unless this wall-clock cap (minutes) comes first
+    max_minutes: float = 0.0     # optional wall-clock cap (minutes; 0 = none): the budget is steps, so a seed gives one teacher on any machine
     eval_batch_size: int = 16    # utterances per teacher pass when building the cache
     threads: int = 0             # CPU threads for torch (0 = every core this process may use)
     presets: ClassVar[dict] = {
-        'default': {'hidden': 192, 'num_layers': 4, 'ffn_dim': 768, 'max_steps': 900, 'max_minutes': 14.0},
+        'default': {'hidden': 192, 'num_layers': 4, 'ffn_dim': 768, 'max_steps': 900},
         'paper': {'source': PAPER_TEACHER, 'revision': PAPER_REVISION, 'eval_batch_size': 8},
     }
 
@@ -63,7 +63,7 @@ class TeacherConfig:
         if self.conv_kernel % 2 == 0: raise ValueError(f'teacher.conv_kernel={self.conv_kernel} must be odd')
         for k in ('max_steps', 'batch_size', 'eval_batch_size', 'num_layers'):
             if getattr(self, k) < 1: raise ValueError(f'teacher.{k}={getattr(self, k)} must be >= 1')
-        if self.max_minutes <= 0: raise ValueError(f'teacher.max_minutes={self.max_minutes} must be > 0')
+        if self.max_minutes < 0: raise ValueError(f'teacher.max_minutes={self.max_minutes} must be >= 0 (0: no wall-clock cap)')
         return self
 
 # %% ../nbs/03_teacher.ipynb #c008
@@ -351,7 +351,7 @@ def train_ctc(model:nn.Module, # forward(waves, gen) -> (logits, n_frames)
     gen = torch.Generator().manual_seed(seed); torch.manual_seed(seed)
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=tc.learning_rate, weight_decay=0.01)
-    budget_s, t0, c0, step, losses, stopped = tc.max_minutes * 60, time.monotonic(), time.process_time(), 0, [], 'steps'
+    budget_s, t0, c0, step, losses, stopped = tc.max_minutes * 60 or float('inf'), time.monotonic(), time.process_time(), 0, [], 'steps'
     lens = [len(w) for w in waves]
     bar = tqdm(total=tc.max_steps, desc='teacher training', disable=not progress, mininterval=5)
     while True:
