@@ -302,7 +302,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'asr_kd_nb.splits': { 'asr_kd_nb.splits.SplitsConfig': ('splits.html#splitsconfig', 'asr_kd_nb/splits.py'),
                                   'asr_kd_nb.splits.check_splits': ('splits.html#check_splits', 'asr_kd_nb/splits.py'),
                                   'asr_kd_nb.splits.fold_name': ('splits.html#fold_name', 'asr_kd_nb/splits.py'),
-                                  'asr_kd_nb.splits.frac_key': ('splits.html#frac_key', 'asr_kd_nb/splits.py'),
                                   'asr_kd_nb.splits.make_splits': ('splits.html#make_splits', 'asr_kd_nb/splits.py'),
                                   'asr_kd_nb.splits.nested_fractions': ('splits.html#nested_fractions', 'asr_kd_nb/splits.py'),
                                   'asr_kd_nb.splits.pick_test_clusters': ('splits.html#pick_test_clusters', 'asr_kd_nb/splits.py'),

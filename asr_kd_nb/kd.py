@@ -438,7 +438,7 @@ def _memory_child(run_dir, steps, preset, threads):
     from asr_kd_nb.conformer import ConformerConfig
     from asr_kd_nb.teacher import load_cache
     base = _peak_rss_mib()
-    cache, splits = load_cache(run_dir), read_json(Path(run_dir)/'splits.json')
+    cache, splits = load_cache(run_dir), read_splits(run_dir)
     hp, kd_cfg = scale_hparams(PAPER_BEST['1.0'], section_preset(ConformerConfig, preset)), section_preset(KDConfig, preset)
     set_threads(threads)
     r = train_student(hp, cache, splits['train'], kd_cfg, seed=0, steps=steps)
@@ -461,7 +461,7 @@ def bench_kd(run_dir=None, # run directory with cache/, splits.json, teacher/ an
     from asr_kd_nb.teacher import load_cache, load_teacher
     if run_dir is None: raise ValueError('bench kd needs --run-dir: a run directory with the teacher stage done')
     run_dir = Path(run_dir); cfg = load_config(run_dir)
-    cache, splits = load_cache(run_dir), read_json(run_dir/'splits.json')
+    cache, splits = load_cache(run_dir), read_splits(run_dir)
     hp = replace(scale_hparams(PAPER_BEST['1.0'], cfg.conformer), minibatch_size=batch_size)
     kd_cfg = cfg.kd
     threads = set_threads(kd_cfg.threads if threads is None else threads)

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from .config import (config_section, load_config, write_json, read_json, config_hash, resolve_device, derive_seed,
                               resolve_source)
 from .corpus import Utterance, read_manifest, decode_audio, normalize_text, SAMPLE_RATE, VOCAB_CHARS
+from .rundir import read_splits, run_path
 
 # %% auto #0
 __all__ = ['log', 'PAPER_TEACHER', 'PAPER_REVISION', 'MFCC_SETTINGS', 'WIN', 'HOP', 'CONFORMER_ARCH', 'CACHE_FORMAT',
@@ -405,8 +406,7 @@ def obtain_teacher(run_dir, # run directory (reads config.json, splits.json, cor
     run_dir = Path(run_dir); cfg = load_config(run_dir); tc = cfg.teacher.validate()
     if tc.source != 'train': return load_teacher(tc.source, tc.revision or None, device), None
     tdir, man = run_dir/'teacher', run_dir/'corpus'/'manifest.jsonl'
-    if not (run_dir/'splits.json').exists(): raise FileNotFoundError(f'{run_dir/"splits.json"} is missing: run stage 02_splits first')
-    train_ids = read_json(run_dir/'splits.json')['train']
+    train_ids = read_splits(run_dir)['train']   # a clear error when stage 02_splits has not run
     seed = derive_seed(cfg.seed, 'teacher')
     fp = config_hash({'train': {k: getattr(tc, k) for k in _TRAIN_KEYS}, 'seed': seed, 'manifest': file_sha256(man),
                       'train_ids': hashlib.sha256('\n'.join(train_ids).encode()).hexdigest()})
@@ -576,7 +576,7 @@ def teacher_stage(run_dir, # run directory with config.json, corpus/ and splits.
     device = resolve_device(cfg.device)
     teacher, training = obtain_teacher(run_dir, device, progress)
     idx = cache_emissions(run_dir, teacher, tc.eval_batch_size, progress)
-    splits = read_json(run_dir/'splits.json') if (run_dir/'splits.json').exists() else {}
+    splits = read_splits(run_dir) if run_path(run_dir, 'splits').exists() else {}
     folds = splits.get('test_folds') or {}
     if not folds: log.warning('%s has no test folds; the teacher is scored on the out-of-domain set only', run_dir/'splits.json')
     cers, examples = teacher_cers(load_cache(run_dir), folds)
