@@ -24,10 +24,11 @@ from .report import (LEARNED_CER, PAPER_CONCLUSION, pct, conclusion_text, plot_o
                               plot_importances)
 
 # %% auto #0
-__all__ = ['log', 'IMPORTANCE_EVALUATORS', 'PAPER_JSON', 'DatasizeConfig', 'paper_best', 'config_key', 'trial_hparams',
-           'load_searches', 'panel_configs', 'train_and_score', 'ood_curve', 'curve_job', 'run_job', 'rank_corr',
-           'panel_agreement', 'regret_stats', 'study_importances', 'search_cost', 'plan_jobs', 'run_planned',
-           'summarise_regret', 'summarise_panel', 'summarise_plateau', 'datasize_stage', 'write_report']
+__all__ = ['log', 'IMPORTANCE_EVALUATORS', 'PAPER_JSON', 'DatasizeConfig', 'study_cost', 'paper_best', 'config_key',
+           'trial_hparams', 'load_searches', 'panel_configs', 'train_and_score', 'ood_curve', 'curve_job', 'run_job',
+           'rank_corr', 'panel_agreement', 'regret_stats', 'study_importances', 'search_cost', 'plan_jobs',
+           'run_planned', 'summarise_regret', 'summarise_panel', 'summarise_plateau', 'datasize_stage', 'predict_costs',
+           'write_report']
 
 # %% ../nbs/07_datasize.ipynb #c006
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class DatasizeConfig:
     paper_json: str = ''           # paper.json with the paper's best configurations ('' = `conformer.PAPER_BEST`)
     learned_cer: float = LEARNED_CER  # a 100 % best CER above this: the students did not learn, nothing is concluded
     presets: ClassVar[dict] = {
-        'default': {'panel_size': 4, 'plateau_scales': [2.0, 4.0], 'long_epochs': 3.0, 'curve_points': 6, 'bootstrap': 2000},
+        'default': {'panel_size': 4, 'plateau_scales': [2.0, 4.0], 'long_epochs': 2.0, 'curve_points': 4, 'bootstrap': 2000},
         'full': {'panel_size': 24, 'panel_seeds': [1, 2, 3], 'regret_seeds': [1, 2, 3], 'long_epochs': 10.0, 'curve_points': 10},
         'paper': {'panel_size': 8, 'plateau_scales': [2.0, 4.0], 'long_epochs': 30.0, 'curve_points': 12, 'bootstrap': 2000, 'workers': 1},
     }
@@ -70,6 +71,22 @@ class DatasizeConfig:
             raise ValueError(f'datasize.paper_json={self.paper_json!r} does not exist (use "" for the built-in paper values)')
 
     def validate(self) -> 'DatasizeConfig': return self   # checked in __post_init__
+
+# %% ../nbs/07_datasize.ipynb #c007b
+def study_cost(cfg, # a `StudyConfig`
+               n_train:int, # training utterances at 100 %
+               s_per_utterance_epoch:float, # CPU seconds per utterance per epoch (measured: 0.012–0.040 with one thread)
+              ) -> dict:
+    "Predicted CPU-seconds of the search and data-size stages of `cfg`, by part, and the total."
+    kd, sc, dc, fr = cfg.kd, cfg.search, cfg.datasize, [float(f) for f in cfg.splits.fractions]
+    u = n_train * kd.epochs                                           # utterances one student sees on 100 %
+    parts = {'search': sc.replicates * sc.n_trials * len(kd.seeds) * u * sum(fr),
+             'panel': (dc.panel_size + 4 * dc.panel_paper) * len(dc.panel_seeds) * u * sum(fr),
+             'regret': len(fr) * sc.replicates * len(dc.regret_seeds) * u,
+             'plateau': sc.replicates * sum(dc.plateau_scales) * len(dc.regret_seeds) * u,
+             'long_runs': len(fr) * sc.replicates * n_train * dc.long_epochs}
+    out = {k: v * s_per_utterance_epoch for k, v in parts.items()}
+    return {**out, 'total': sum(out.values())}
 
 # %% ../nbs/07_datasize.ipynb #c009
 PAPER_JSON = Path(importlib.util.find_spec('asr_kd_nb').origin).resolve().parent.parent.parent/'shared'/'reference'/'paper.json'
@@ -398,6 +415,7 @@ def datasize_stage(run_dir, # run directory with the search stage done for fract
                'plateau': summarise_plateau(searches, results, dc), 'budget': asdict(cfg.kd) | {'search_steps': cfg.search.steps},
                'interval_widths': _widths(per), 'trainings': {'planned': len(jobs), 'from_earlier_runs': before,
                'cpu_s': round(sum((r or {}).get('cpu_s', 0) for r in results.values()), 1)}, 'bootstrap': dc.bootstrap}
+    summary['cost_prediction'] = predict_costs(searches, cfg, len(fraction_ids(run_dir, 1.0)))
     summary['conclusion'] = conclusion_text(_clean(summary), dc.learned_cer)
     summary['figures'] = write_report(run_dir, summary, panel_table, curves, searches, cfg)
     summary['wall_s'] = round(time.time() - t0, 1)
@@ -413,6 +431,20 @@ def _clean(o):
     if isinstance(o, np.generic): o = o.item()
     if isinstance(o, float) and not math.isfinite(o): return None
     return o
+
+def predict_costs(searches:dict, cfg, n_train:int) -> dict:
+    "CPU cost per utterance-epoch measured in this run's trials, and the predicted search + analysis cost of this run, `default`, `full`."
+    from asr_kd_nb.config import study_config
+    import asr_kd_nb.splits   # registers the splits section (fractions)
+    done = pd.concat([b['trials'] for reps in searches.values() for b in reps.values()]).query("state == 'COMPLETE'")
+    if 'utterances' not in done or not done.utterances.fillna(0).sum(): return {}
+    s = float(done.cpu_s.sum() / done.utterances.sum())
+    out = {'s_per_utterance_epoch': s, 'training_utterances': n_train}
+    for name, c in (('this run', cfg), ('default', study_config('default')), ('full', study_config('full'))):
+        n = n_train if name == 'this run' else 1691
+        t = study_cost(c, n, s)
+        out[name] = {'cpu_hours': t['total'] / 3600, 'hours_on_2_cores': t['total'] / 7200, 'by_part_cpu_s': t}
+    return out
 
 def _widths(per:dict) -> dict:
     "Width of each fraction's regret and ρ interval: what this run's sizing buys."
