@@ -314,6 +314,7 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
 
 def _init_worker(threads:int):
+    warnings.filterwarnings('ignore', message="Using padding='same'")   # torch's note on even kernels, once per process and job
     torch.set_num_threads(threads)
     os.environ['ASR_KD_THREADS'] = str(threads)
 
