@@ -38,13 +38,13 @@ IMPORTANCE_EVALUATORS = ('fanova', 'ped-anova', 'mdi')
 @dataclass
 class DatasizeConfig:
     "The comparison of data fractions: panel, retraining seeds, plateau check, long runs, bootstrap."
-    panel_size: int = 3            # M: quasi-random panel configurations (QMCSampler), besides the paper's four
+    panel_size: int = 2            # M: quasi-random panel configurations (QMCSampler), besides the paper's four
     panel_paper: bool = True       # the paper's four best configurations (scaled to the space) join the panel
     panel_seeds: list = field(default_factory=lambda: [1, 2])   # every panel configuration is trained on every fraction per seed
     regret_seeds: list = field(default_factory=lambda: [1, 2])  # every replicate's best is retrained on 100 % per seed
     plateau_scales: list = field(default_factory=lambda: [2.0])  # the 100 % bests retrained at these budget multiples
-    long_epochs: float = 2.0       # long runs of the paper's figure: epochs over the full training data (0: none)
-    curve_points: int = 3          # CER points per long run
+    long_epochs: float = 1.0       # long runs of the paper's figure: epochs over the full training data (0: none)
+    curve_points: int = 2          # CER points per long run
     bootstrap: int = 1000          # bootstrap resamples per interval
     top_k: int = 3                 # k of the top-k recall
     workers: int = 0               # processes for the trainings (0: every core this process may use)
