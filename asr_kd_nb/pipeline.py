@@ -263,6 +263,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser('search', help='one Optuna worker on a fraction\'s study (start several against one storage)')
     s.add_argument('--run-dir', required=True, help='run directory whose splits and teacher cache the trials use')
     s.add_argument('--fraction', type=float, required=True, help='data fraction, e.g. 0.3')
+    s.add_argument('--replicate', type=int, default=0, help='replicate search of the fraction (study frac-X.XX-rR; default 0)')
     s.add_argument('--storage', help='Optuna storage URL (sqlite:///..., postgresql://user:pw@host/db); default: the config\'s')
     s.add_argument('--n-trials', type=int, help='completed trials the study should reach (all workers together)')
     s.add_argument('--objective', help="scorer factory 'module:function' (default: the KD objective; "
@@ -297,7 +298,7 @@ def main(argv:list|None=None) -> int:
             return 0
         if a.cmd == 'search':
             from asr_kd_nb.search import search_worker
-            search_worker(a.run_dir, a.fraction, a.storage, a.n_trials, a.objective, export=not a.no_export); return 0
+            search_worker(a.run_dir, a.fraction, a.storage, a.n_trials, a.objective, export=not a.no_export, replicate=a.replicate); return 0
         if a.cmd == 'bench':
             if a.what == 'clustering':
                 from asr_kd_nb.clustering import bench_clustering
