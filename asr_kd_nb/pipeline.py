@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from .config import (PRESETS, StudyConfig, study_config, save_config, read_json, write_json, config_hash,
                               config_from_dict, _SECTIONS)
-from .rundir import frac_label, study_key
+from .rundir import frac_label, study_key, stage_notebook, RUN_PATHS
 
 # %% auto #0
 __all__ = ['STAGES', 'KERNEL', 'log', 'PUBLISHED', 'Stage', 'nbs_dir', 'available_stages', 'stage_fingerprint', 'stage_keys',
@@ -30,7 +30,7 @@ STAGES = [
     Stage('00_corpus', 'corpus', ('corpus/manifest.jsonl', 'corpus/ood_manifest.jsonl', 'corpus/report.json')),
     Stage('01_clustering', 'clustering', ('clustering/embeddings.npy', 'clustering/labels.csv', 'clustering/sweep.json',
                                           'clustering/chosen.json')),
-    Stage('02_splits', 'splits', ('splits.json',)),
+    Stage('02_splits', 'splits', (RUN_PATHS['splits'],)),
     Stage('03_teacher', 'teacher', ('teacher/teacher.json', 'cache/index.json')),
     Stage('04_conformer', 'conformer', ('conformer/summary.json',)),
     Stage('05_kd', 'kd', ('kd/baseline.json',)),
@@ -96,7 +96,7 @@ def execute_stage(stage:Stage, run_dir, fraction:str|None=None, nbs:Path|None=No
     "Execute `stage`'s notebook with papermill into `run_dir/notebooks/`; returns the executed notebook's path."
     import papermill as pm
     run_dir = Path(run_dir).resolve(); nbs = nbs or nbs_dir()
-    out = run_dir/'notebooks'/(f'{stage.name}-frac-{fraction}.ipynb' if fraction else f'{stage.name}.ipynb')
+    out = stage_notebook(run_dir, stage.name, fraction)
     out.parent.mkdir(parents=True, exist_ok=True)
     params = {'run_dir': str(run_dir), **({'data_fraction': float(fraction)} if fraction else {})}
     try:
