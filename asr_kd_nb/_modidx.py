@@ -220,6 +220,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'asr_kd_nb.report': { 'asr_kd_nb.report._ci': ('report.html#_ci', 'asr_kd_nb/report.py'),
                                   'asr_kd_nb.report._default_style': ('report.html#_default_style', 'asr_kd_nb/report.py'),
                                   'asr_kd_nb.report._notebook_order': ('report.html#_notebook_order', 'asr_kd_nb/report.py'),
+                                  'asr_kd_nb.report._num': ('report.html#_num', 'asr_kd_nb/report.py'),
                                   'asr_kd_nb.report._title': ('report.html#_title', 'asr_kd_nb/report.py'),
                                   'asr_kd_nb.report.conclusion_text': ('report.html#conclusion_text', 'asr_kd_nb/report.py'),
                                   'asr_kd_nb.report.headline': ('report.html#headline', 'asr_kd_nb/report.py'),

@@ -51,6 +51,9 @@ def rank_verdict(p:dict, # a per-fraction entry: spearman_ci
 def _ci(v, fmt='{:+.3f}') -> str:
     return f'[{fmt.format(v[0])}, {fmt.format(v[1])}]' if v and None not in v else '[–]'
 
+def _num(v, fmt='{:+.3f}') -> str:
+    return '–' if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)
+
 def conclusion_text(summary:dict, # the analysis summary: per_fraction, noise_ceiling, best_cer_100
                     learned_cer:float=LEARNED_CER, # above this 100 % best CER the students did not learn
                    ) -> str:
@@ -62,8 +65,8 @@ def conclusion_text(summary:dict, # the analysis summary: per_fraction, noise_ce
                 f'{"–" if best is None else f"{best:.3f}"} (above {learned_cer}), so the searches rank noise and nothing is '
                 f'concluded about data fractions. Give the students a larger budget (kd.epochs) or check the teacher and cache.')
     s = [f'The 100 % searches found a best CER of {best:.3f}. Two 100 % searches differ by a regret of '
-         f'{ceil.get("regret", float("nan")):+.3f} {_ci(ceil.get("regret_ci"))} (the noise ceiling), and two seeds of one '
-         f'configuration rank the panel with Spearman ρ = {ceil.get("spearman_rho", float("nan")):.2f} '
+         f'{_num(ceil.get("regret"))} {_ci(ceil.get("regret_ci"))} (the noise ceiling), and two seeds of one '
+         f'configuration rank the panel with Spearman ρ = {_num(ceil.get("spearman_rho"), "{:.2f}")} '
          f'{_ci(ceil.get("spearman_ci"), "{:.2f}")}.']
     verdicts = {}
     for f, p in per.items():
@@ -72,8 +75,8 @@ def conclusion_text(summary:dict, # the analysis summary: per_fraction, noise_ce
         verdicts[f] = rv
         cost = f'{p["cost_ratio"]:.0%} of the 100 % search\'s CPU time' if p.get('cost_ratio') is not None else 'unknown cost'
         word = {'worse': 'worse than', 'as good': 'as good as', 'cannot tell': 'not distinguishable, at this budget, from'}[rv]
-        s.append(f'The {pct(f)} search ({cost}) has a regret of {p.get("regret", float("nan")):+.3f} {_ci(p.get("regret_ci"))}: '
-                 f'{word} a repeated 100 % search; its panel ranking (ρ = {p.get("spearman_rho", float("nan")):.2f} '
+        s.append(f'The {pct(f)} search ({cost}) has a regret of {_num(p.get("regret"))} {_ci(p.get("regret_ci"))}: '
+                 f'{word} a repeated 100 % search; its panel ranking (ρ = {_num(p.get("spearman_rho"), "{:.2f}")} '
                  f'{_ci(p.get("spearman_ci"), "{:.2f}")}) is {kv if kv != "cannot tell" else "not distinguishable from the ceiling"}.')
     inr = [f for f in verdicts if PAPER_RANGE[0] - 1e-9 <= float(f) <= PAPER_RANGE[1] + 1e-9]
     if inr:
