@@ -50,12 +50,13 @@ class ClusteringConfig:
     umap_max_points: int = 5000     # UMAP draws a seeded sample of at most this many utterances (0 = all)
     umap_neighbors: int = 15
     n_jobs: int = 2                 # parallel processes for the sweep
+    relabel_by_size: bool = True    # renumber clusters largest first (False: the algorithm's own ids, as the paper's Birch)
     presets: ClassVar[dict] = {
         'default': {'kmeans_k': [10, 15, 20, 25, 30], 'birch_k': [10, 15, 20, 25, 30], 'birch_thresholds': [0.1, 0.44],
                     'agglomerative_k': [2, 10, 20]},
         'paper': {'embedder': 'xvector', 'kmeans_k': [10, 15, 20, 30], 'birch_k': [6, 8, 10, 12, 20],
                   'birch_thresholds': [0.1, 0.44], 'agglomerative_k': [2], 'choose': 'config', 'algorithm': 'birch',
-                  'k': 10, 'threshold': 0.44, 'batch_size': 16},
+                  'k': 10, 'threshold': 0.44, 'batch_size': 16, 'relabel_by_size': False},
     }
 
     def __post_init__(self):
@@ -309,6 +310,7 @@ def sweep_clusterings(X:np.ndarray, # embeddings (rows = utterances)
                       silhouette_sample:int=10000, # score silhouettes on a seeded sample above this size
                       seed:int=0, # seed of K-Means and of the silhouette sample
                       n_jobs:int=1, # parallel processes
+                      relabel:bool=True, # renumber clusters largest first (False: the algorithm's own ids)
                      ) -> tuple[list[dict], dict]:
     "Fit and score every row of `grid`: (rows with silhouette, fit time, ARI/NMI, sizes; {row name: labels})."
     from joblib import Parallel, delayed
@@ -328,7 +330,7 @@ def sweep_clusterings(X:np.ndarray, # embeddings (rows = utterances)
     known = speakers is not None and all(s is not None for s in speakers)
     rows, labels = [], {}
     for a, p, lab, secs in fitted:
-        lab = relabel_by_size(lab); name = row_name(a, p)
+        lab = relabel_by_size(lab) if relabel else np.asarray(lab); name = row_name(a, p)
         sizes = np.bincount(lab)
         row = {'name': name, 'algorithm': a, 'params': {k: v for k, v in p.items() if k != 'subclusters'}, 'k': int(len(sizes)),
                'silhouette': round(silhouette_from_distances(D, lab[idx]), 4), 'silhouette_points': int(len(idx)),
@@ -495,7 +497,7 @@ def cluster_stage(run_dir, # run directory with corpus/manifest.jsonl and config
     seed = derive_seed(scfg.seed, 'clustering')
     t0 = time.perf_counter()
     rows, labels = sweep_clusterings(X, clustering_grid(cfg, len(X), [spec] if spec else []), speakers, cfg.silhouette_sample,
-                                     seed, cfg.n_jobs)
+                                     seed, cfg.n_jobs, cfg.relabel_by_size)
     sweep_s = time.perf_counter() - t0
     best = choose_row(rows, rule, spec, cfg)
     from asr_kd_nb.splits import clusters_needed   # the splits chapter owns the rule; imported here to fail before stage 02

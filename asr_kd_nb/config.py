@@ -19,7 +19,7 @@ __all__ = ['PRESETS', 'log', 'HUB_MODES', 'HUB_ID', 'PROGRESS_ENV', 'SMOKE_RUN',
            'require_run_dir']
 
 # %% ../nbs/00_config.ipynb #c005
-PRESETS = ('smoke', 'default', 'paper')
+PRESETS = ('smoke', 'default', 'full', 'paper')
 log = logging.getLogger('asr_kd_nb')
 _SECTIONS: dict[str, type] = {}
 
@@ -74,7 +74,9 @@ def from_dict(cls, d:dict, where:str=''): # dataclass type, values, location for
 def section_preset(cls, preset:str='smoke'): # section dataclass, one of `PRESETS`
     "An instance of section `cls` with the overrides of `preset` applied."
     if preset not in PRESETS: raise ValueError(f'unknown preset {preset!r}; choose one of {PRESETS}')
-    return from_dict(cls, dict(getattr(cls, 'presets', {}).get(preset, {})), f'{cls.__name__}.presets[{preset!r}]')
+    ps = getattr(cls, 'presets', {})
+    over = {**ps.get('default', {}), **ps.get('full', {})} if preset == 'full' else ps.get(preset, {})   # full: default, resized
+    return from_dict(cls, dict(over), f'{cls.__name__}.presets[{preset!r}]')
 
 # %% ../nbs/00_config.ipynb #c010
 HUB_MODES = ('auto', 'online', 'offline')

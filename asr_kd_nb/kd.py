@@ -5,7 +5,8 @@ CTC evaluation with CER per held-out speaker fold, and the two fold/seed protoco
 
 # %% ../nbs/05_kd.ipynb #c001
 from __future__ import annotations
-import json, logging, math, os, resource, subprocess, sys, time, warnings
+import importlib, json, logging, math, multiprocessing, os, resource, subprocess, sys, time, warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 from typing import Callable, ClassVar
@@ -15,11 +16,13 @@ from tqdm.auto import tqdm
 from .config import config_section, derive_seed, read_json, write_json, resolve_device, report_progress
 from .conformer import StudentHParams, PAPER_BEST, build_student, count_parameters, scale_hparams, N_MFCC
 from .teacher import ctc_greedy_decode, cer, cache_hypothesis, set_threads
+from .rundir import read_splits, fraction_ids
 
 # %% auto #0
-__all__ = ['log', 'LOSS_MODES', 'PROTOCOLS', 'CER_FLOOR', 'TrainingDiverged', 'KDConfig', 'valid_mask', 'kd_loss',
-           'length_buckets', 'char_ids', 'encode_text', 'collate', 'TrainResult', 'train_student', 'transcribe',
-           'evaluate_fold', 'geometric_mean', 'run_protocol']
+__all__ = ['log', 'LOSS_MODES', 'PROTOCOLS', 'BUDGETS', 'CER_FLOOR', 'TrainingDiverged', 'KDConfig', 'valid_mask', 'kd_loss',
+           'length_buckets', 'epoch_steps', 'budget_steps', 'char_ids', 'encode_text', 'collate', 'TrainResult',
+           'train_student', 'transcribe', 'evaluate_fold', 'geometric_mean', 'run_protocol', 'available_cores',
+           'run_parallel', 'baseline_student']
 
 # %% ../nbs/05_kd.ipynb #c005
 log = logging.getLogger(__name__)
@@ -30,12 +33,15 @@ class TrainingDiverged(RuntimeError):
 # %% ../nbs/05_kd.ipynb #c007
 LOSS_MODES = ('correct', 'paper')
 PROTOCOLS = ('independent', 'paper')
+BUDGETS = ('epochs', 'steps')
 
 @config_section('kd')
 @dataclass
 class KDConfig:
     "Training budget, KD loss and fold/seed protocol of every student."
-    steps: int = 40                   # optimizer steps per student (per round in the `paper` protocol)
+    budget: str = 'epochs'            # 'epochs': a student trains `epochs` passes over its training ids (steps follow the data); 'steps': fixed `steps` (ablation)
+    epochs: float = 1.0               # passes over the training utterances per student (per fold in the `paper` protocol)
+    steps: int = 40                   # optimizer steps per student when budget='steps'
     baseline_steps: int = 150         # steps of the baseline student trained by the KD stage
     temperature: float = 1.0          # T: teacher and student softened by T, KL scaled by T²
     ctc_weight: float = 0.0           # α: loss = (1-α)·KD + α·CTC on the transcript (0 = pure distillation, as the paper)
@@ -48,14 +54,18 @@ class KDConfig:
     bucket_batches: int = 16          # length bucketing: batches per bucket of similar-length utterances
     threads: int = 1                  # torch CPU threads of the KD stage (0 = every core); one is fastest for these small students
     presets: ClassVar[dict] = {
-        'default': {'steps': 150, 'baseline_steps': 2400, 'seeds': [42, 24]},
-        'paper': {'steps': 3000, 'baseline_steps': 30000, 'seeds': [42, 24, 0, 98], 'threads': 0},
+        'default': {'epochs': 1.0, 'steps': 150, 'baseline_steps': 2400, 'seeds': [42]},   # sized for 60 min on 2 cores (see 07)
+        'full': {'epochs': 4.0, 'seeds': [42, 24]},                                          # 'full' = 'default' with these changes
+        'paper': {'epochs': 1.0, 'loss': 'paper', 'protocol': 'paper', 'steps': 3000, 'baseline_steps': 30000,
+                  'seeds': [42, 24, 0, 98], 'threads': 0},
     }
 
     def validate(self) -> 'KDConfig':
         "Raise `ValueError` naming a bad value and its accepted range; returns self."
         if self.loss not in LOSS_MODES: raise ValueError(f'kd.loss={self.loss!r}; choose one of {LOSS_MODES}')
         if self.protocol not in PROTOCOLS: raise ValueError(f'kd.protocol={self.protocol!r}; choose one of {PROTOCOLS}')
+        if self.budget not in BUDGETS: raise ValueError(f'kd.budget={self.budget!r}; choose one of {BUDGETS}')
+        if not self.epochs > 0: raise ValueError(f'kd.epochs={self.epochs} must be > 0')
         for n in ('steps', 'baseline_steps', 'eval_batch_size', 'bucket_batches'):
             if int(getattr(self, n)) < 1: raise ValueError(f'kd.{n}={getattr(self, n)} must be >= 1')
         if not self.temperature > 0: raise ValueError(f'kd.temperature={self.temperature} must be > 0')
@@ -116,6 +126,25 @@ def length_buckets(frames:list[int], # frames of each utterance
         batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
+# %% ../nbs/05_kd.ipynb #c016b
+def epoch_steps(n:int, # training utterances
+                batch_size:int, # utterances per batch
+                bucket_batches:int=16, # batches per length bucket (see `length_buckets`)
+               ) -> int:
+    "Batches in one pass of `length_buckets` over `n` utterances."
+    if n < 1 or batch_size < 1: raise ValueError(f'n={n} and batch_size={batch_size} must be >= 1')
+    size = batch_size * bucket_batches
+    return sum(math.ceil(min(size, n - i) / batch_size) for i in range(0, n, size))
+
+def budget_steps(kd_cfg, # the `kd` section (budget, epochs, steps)
+                 n:int, # training utterances of the student
+                 batch_size:int, # its minibatch size
+                 scale:float=1.0, # multiplies the budget (2: twice as long)
+                ) -> int:
+    "Optimizer steps of one student: `epochs` passes over its `n` utterances, or the fixed `steps` (budget='steps')."
+    if kd_cfg.budget == 'steps': return max(1, round(kd_cfg.steps * scale))
+    return max(1, math.ceil(kd_cfg.epochs * scale * epoch_steps(n, batch_size, kd_cfg.bucket_batches)))
+
 # %% ../nbs/05_kd.ipynb #c018
 def char_ids(vocab:list[str], blank_id:int) -> dict[str, int]:
     "Character → token id for the single-character tokens of the teacher's vocabulary (blank excluded)."
@@ -153,6 +182,8 @@ class TrainResult:
     losses: list          # training loss of each step
     steps: int            # steps done in this call
     wall_s: float         # seconds spent in this call
+    utterances: int = 0   # training utterances seen in this call (with repeats)
+    cpu_s: float = 0.0    # process CPU seconds of this call
 
 def train_student(hp:StudentHParams, # student hyperparameters (already scaled to this machine)
                   cache, # emission cache
@@ -174,7 +205,7 @@ def train_student(hp:StudentHParams, # student hyperparameters (already scaled t
     if student is None: student = build_student(hp, len(cache.vocab), g).to(device)
     if optimizer is None: optimizer = torch.optim.Adam(student.parameters(), lr=hp.learning_rate)
     frames, need_text = [cache.frames(i) for i in ids], kd_cfg.ctc_weight > 0
-    losses, t0, done = [], time.time(), 0
+    losses, t0, c0, done, seen = [], time.time(), time.process_time(), 0, 0
     student.train()
     devs = [torch.device(device).index or 0] if str(device).startswith('cuda') else []
     with torch.random.fork_rng(devices=devs):
@@ -197,10 +228,10 @@ def train_student(hp:StudentHParams, # student hyperparameters (already scaled t
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(student.parameters(), kd_cfg.grad_clip)
                 optimizer.step()
-                losses.append(loss.item()); done += 1; bar.update()
+                losses.append(loss.item()); done += 1; seen += len(batch); bar.update()
                 if progress: report_progress(f'KD seed {seed}', done, steps, 'steps', loss=round(losses[-1], 4))
         bar.close()
-    return TrainResult(student, optimizer, losses, done, time.time() - t0)
+    return TrainResult(student, optimizer, losses, done, time.time() - t0, seen, time.process_time() - c0)
 
 # %% ../nbs/05_kd.ipynb #c026
 @torch.no_grad()
@@ -243,12 +274,16 @@ def run_protocol(hp:StudentHParams, # student hyperparameters (already scaled, s
                  report:Callable|None=None, # report(i, running geometric-mean CER) after each scored student
                  history:list|None=None, # if given, receives one dict per trained student (losses, student, hypotheses)
                  progress:bool=False, # tqdm bars during training
+                 seeds:list|None=None, # train these seeds instead of `kd_cfg.seeds`
+                 scale:float=1.0, # budget multiplier (2: each student trains twice as long)
                 ) -> dict:
-    "Train and score students by `kd_cfg.protocol`: dict(gmean, cers={'seed-S/FOLD': cer}, steps, wall_s)."
+    "Train and score students by `kd_cfg.protocol`: dict(gmean, cers={'seed-S/FOLD': cer}, steps, utterances, cpu_s, wall_s)."
     kd_cfg.validate(); hp.validate()
     folds = dict(splits['test_folds'])
     if not folds: raise ValueError('splits has no test_folds')
-    t0, cers, steps = time.time(), {}, 0
+    seeds = list(seeds or kd_cfg.seeds)
+    n_steps = budget_steps(kd_cfg, len(train_ids), hp.minibatch_size, scale)
+    t0, c0, cers, steps, seen = time.time(), time.process_time(), {}, 0, 0
     def _score(i, seed, student, names):
         hyps = {}
         for f in names:
@@ -256,19 +291,79 @@ def run_protocol(hp:StudentHParams, # student hyperparameters (already scaled, s
         if report is not None: report(i, geometric_mean(cers.values()))
         return hyps
     if kd_cfg.protocol == 'independent':
-        for i, seed in enumerate(kd_cfg.seeds):
-            r = train_student(hp, cache, train_ids, kd_cfg, seed, device=device, progress=progress)
-            steps += r.steps
+        for i, seed in enumerate(seeds):
+            r = train_student(hp, cache, train_ids, kd_cfg, seed, n_steps, device=device, progress=progress)
+            steps += r.steps; seen += r.utterances
             hyps = _score(i, seed, r.student, list(folds))
             if history is not None: history.append({'seed': seed, 'folds': list(folds), 'losses': r.losses, 'train_s': r.wall_s,
                                                     'student': r.student, 'hyps': hyps})
     else:
         student = opt = None
         for k, f in enumerate(folds):
-            seed = kd_cfg.seeds[k % len(kd_cfg.seeds)]
-            r = train_student(hp, cache, train_ids, kd_cfg, seed, device=device, student=student, optimizer=opt, progress=progress)
-            student, opt, steps = r.student, r.optimizer, steps + r.steps
+            seed = seeds[k % len(seeds)]
+            r = train_student(hp, cache, train_ids, kd_cfg, seed, n_steps, device=device, student=student, optimizer=opt, progress=progress)
+            student, opt, steps, seen = r.student, r.optimizer, steps + r.steps, seen + r.utterances
             hyps = _score(k, seed, student, [f])
             if history is not None: history.append({'seed': seed, 'folds': [f], 'losses': r.losses, 'train_s': r.wall_s,
                                                     'student': student, 'hyps': hyps})
-    return dict(gmean=geometric_mean(cers.values()), cers=cers, steps=steps, wall_s=time.time() - t0)
+    return dict(gmean=geometric_mean(cers.values()), cers=cers, steps=steps, utterances=seen,
+                cpu_s=time.process_time() - c0, wall_s=time.time() - t0)
+
+# %% ../nbs/05_kd.ipynb #c033d
+def available_cores() -> int:
+    "CPU cores this process may use (its affinity mask: taskset, a cluster's cgroup)."
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+
+def _init_worker(threads:int):
+    warnings.filterwarnings('ignore', message="Using padding='same'")   # torch's note on even kernels, once per process and job
+    torch.set_num_threads(threads)
+    os.environ['ASR_KD_THREADS'] = str(threads)
+
+def _importable(fn):
+    "`fn` as found in its `asr_kd_nb` module (a chapter's own definitions live in `__main__`, which spawned processes lack)."
+    if fn.__module__ != '__main__': return fn
+    import pkgutil, asr_kd_nb
+    for m in pkgutil.iter_modules(asr_kd_nb.__path__):
+        f = getattr(importlib.import_module(f'asr_kd_nb.{m.name}'), fn.__name__, None) if not m.name.startswith('_') else None
+        if f is not None and f.__qualname__ == fn.__qualname__: return f
+    raise ValueError(f'{fn.__name__} is not defined in an asr_kd_nb module; worker processes cannot import it')
+
+def run_parallel(fn:Callable, # module-level function called as fn(*job)
+                 jobs:list, # argument tuples
+                 workers:int=0, # processes (0: every available core); 1 runs the jobs here
+                 desc:str='jobs', # progress-bar label
+                 on_result:Callable|None=None, # on_result(i, result) as each job finishes
+                ) -> list:
+    "Results of `fn(*job)` for every job, in job order, from `workers` processes with `cores // workers` torch threads each."
+    workers = min(workers or available_cores(), max(1, len(jobs)))
+    threads, results = max(1, available_cores() // workers), [None] * len(jobs)
+    bar = tqdm(total=len(jobs), desc=desc, mininterval=2, disable=not jobs)
+    def _done(i, r):
+        results[i] = r; bar.update()
+        if on_result: on_result(i, r)
+    if workers <= 1:
+        n = torch.get_num_threads(); torch.set_num_threads(threads)
+        try:
+            for i, j in enumerate(jobs): _done(i, fn(*j))
+        finally: torch.set_num_threads(n)
+    else:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn'), initializer=_importable(_init_worker),
+                                 initargs=(threads,)) as ex:
+            futs = {ex.submit(_importable(fn), *j): i for i, j in enumerate(jobs)}
+            for f in as_completed(futs): _done(futs[f], f.result())
+    bar.close()
+    return results
+
+# %% ../nbs/05_kd.ipynb #c033f
+def baseline_student(run_dir, # run directory with splits.json and the teacher cache
+                     seed:int, # the student's seed
+                    ) -> dict:
+    "The KD stage's baseline: the paper's 100 % configuration (scaled), `kd.baseline_steps` steps on the whole training set."
+    from asr_kd_nb.config import load_config
+    from asr_kd_nb.teacher import load_cache
+    cfg = load_config(run_dir); kd_cfg = replace(cfg.kd.validate(), budget='steps', steps=cfg.kd.baseline_steps)
+    hp, cache, device = scale_hparams(PAPER_BEST['1.0'], cfg.conformer), load_cache(run_dir), resolve_device(cfg.device)
+    history = []
+    res = run_protocol(hp, cache, read_splits(run_dir), kd_cfg, fraction_ids(run_dir, 1.0), device, history=history, seeds=[seed])
+    for h in history: h['student'] = {k: v.cpu() for k, v in h['student'].state_dict().items()}
+    return {**res, 'history': history, 'threads': torch.get_num_threads()}

@@ -12,6 +12,7 @@ from .config import (PRESETS, StudyConfig, study_config, save_config, read_json,
                               config_from_dict, _SECTIONS, validate_config, apply_hub_mode, check_device,
                               PROGRESS_ENV, report_progress)
 from typing import Callable
+from .rundir import frac_label, study_key, stage_notebook, RUN_PATHS
 
 # %% auto #0
 __all__ = ['STAGES', 'KERNEL', 'log', 'PUBLISHED', 'LAB_HOOK', 'Stage', 'nbs_dir', 'available_stages', 'stage_fingerprint',
@@ -26,18 +27,18 @@ class Stage:
     "One stage of the study: a notebook, its module, and the outputs that mark it done."
     name: str                 # notebook stem in nbs/, e.g. '00_corpus'
     module: str               # asr_kd_nb module defining the stage's config section
-    outputs: tuple            # files relative to the run dir; '{fraction}' is filled per fraction
+    outputs: tuple            # files relative to the run dir; '{label}' is filled per fraction (`rundir.frac_label`)
     per_fraction: bool = False  # run once per configured data fraction (papermill parameter `data_fraction`)
 
 STAGES = [
     Stage('00_corpus', 'corpus', ('corpus/manifest.jsonl', 'corpus/ood_manifest.jsonl', 'corpus/report.json')),
     Stage('01_clustering', 'clustering', ('clustering/embeddings.npy', 'clustering/labels.csv', 'clustering/sweep.json',
                                           'clustering/chosen.json')),
-    Stage('02_splits', 'splits', ('splits.json',)),
+    Stage('02_splits', 'splits', (RUN_PATHS['splits'],)),
     Stage('03_teacher', 'teacher', ('teacher/teacher.json', 'cache/index.json')),
     Stage('04_conformer', 'conformer', ('conformer/summary.json',)),
     Stage('05_kd', 'kd', ('kd/baseline.json',)),
-    Stage('06_search', 'search', ('search/frac-{fraction}/trials.csv', 'search/frac-{fraction}/best.json'), per_fraction=True),
+    Stage('06_search', 'search', ('search/{label}.json',), per_fraction=True),   # all R replicate studies of the fraction
     Stage('07_datasize', 'datasize', ('report/summary.json',)),
 ]
 
@@ -67,14 +68,15 @@ def stage_fingerprint(cfg:StudyConfig, stage:Stage, stages:list[Stage]) -> str:
 def stage_keys(cfg:StudyConfig, stage:Stage) -> list[tuple[str, str|None]]:
     "(key in stages.json, fraction) for each execution of `stage`."
     if not stage.per_fraction: return [(stage.name, None)]
-    return [(f'{stage.name}/frac-{float(f):.2f}', f'{float(f):.2f}') for f in cfg.splits.fractions]
+    return [(f'{stage.name}/{frac_label(f)}', f'{float(f):.2f}') for f in cfg.splits.fractions]
 
 def stage_done(run_dir, cfg, stage, stages, key, fraction) -> bool:
     "Whether `stage` (for `fraction`) finished with the current fingerprint and its outputs exist."
     run_dir = Path(run_dir); p = run_dir/'stages.json'
     rec = read_json(p).get(key) if p.exists() else None
     if not rec or rec.get('fingerprint') != stage_fingerprint(cfg, stage, stages): return False
-    return all((run_dir/o.format(fraction=fraction)).exists() for o in stage.outputs)
+    label = frac_label(fraction) if fraction is not None else ''
+    return all((run_dir/o.format(label=label)).exists() for o in stage.outputs)
 
 # %% ../nbs/08_pipeline.ipynb #c011b
 def _duration(s:float) -> str:
@@ -177,7 +179,7 @@ def execute_stage(stage:Stage, run_dir, fraction:str|None=None, nbs:Path|None=No
     "Execute `stage`'s notebook with papermill into `run_dir/notebooks/`; returns the executed notebook's path."
     import papermill as pm
     run_dir = Path(run_dir).resolve(); nbs = nbs or nbs_dir()
-    out = run_dir/'notebooks'/(f'{stage.name}-frac-{fraction}.ipynb' if fraction else f'{stage.name}.ipynb')
+    out = stage_notebook(run_dir, stage.name, fraction)
     out.parent.mkdir(parents=True, exist_ok=True)
     params = {'run_dir': str(run_dir), **({'data_fraction': float(fraction)} if fraction else {})}
     logging.getLogger('papermill').setLevel(logging.INFO if verbose else logging.WARNING)
@@ -294,7 +296,7 @@ def build_config(preset:str|None, config_file:str|None) -> StudyConfig:
     return validate_config(cfg)
 
 # %% ../nbs/08_pipeline.ipynb #c022
-PUBLISHED = ['report/*.png', 'clustering/umap.png', 'teacher/cer.png', 'kd/baseline.png', 'search/frac-1.00/history.png']
+PUBLISHED = ['report/*.png', 'clustering/umap.png', 'teacher/cer.png', 'kd/baseline.png', f'search/{study_key(1.0, 0)}/history.png']
 
 def publish_results(run_dir, dest=None) -> Path:
     "Copy a finished run's figures, `report/summary.json` and timings into `nbs/images/` with provenance."
@@ -444,6 +446,7 @@ def _parser() -> argparse.ArgumentParser:
                        'machines). The run directory must hold the splits and the teacher cache (stages up to 05_kd).')
     s.add_argument('--run-dir', required=True, help='run directory whose splits and teacher cache the trials use')
     s.add_argument('--fraction', type=float, required=True, help='data fraction, e.g. 0.3')
+    s.add_argument('--replicate', type=int, default=0, help='replicate search of the fraction (study frac-X.XX-rR; default 0)')
     s.add_argument('--storage', help='Optuna storage URL (sqlite:///..., postgresql://user:pw@host/db); default: the config\'s')
     s.add_argument('--n-trials', type=int, help='completed trials the study should reach (all workers together)')
     s.add_argument('--objective', help="scorer factory 'module:function' (default: the KD objective; "
@@ -508,7 +511,7 @@ def main(argv:list|None=None) -> int:
             _say(f'done in {t["last_invocation_s"]:.0f} s (study total {t["total_s"]:.0f} s); results in {Path(a.run_dir).resolve()}')
             rep = Path(a.run_dir)/'report'/'summary.json'
             if rep.exists():
-                from asr_kd_nb.datasize import headline
+                from asr_kd_nb.report import headline
                 _say(headline(a.run_dir))
             return 0
         if a.cmd == 'transcribe':
@@ -522,7 +525,7 @@ def main(argv:list|None=None) -> int:
             print(compare_runs(a.runs)); return 0
         if a.cmd == 'search':
             from asr_kd_nb.search import search_worker
-            search_worker(a.run_dir, a.fraction, a.storage, a.n_trials, a.objective, export=not a.no_export); return 0
+            search_worker(a.run_dir, a.fraction, a.storage, a.n_trials, a.objective, export=not a.no_export, replicate=a.replicate); return 0
         if a.cmd == 'bench':
             from asr_kd_nb.bench import bench_main
             bench_main(a.what, a.run_dir, a.device, a.workers); return 0
@@ -533,7 +536,7 @@ def main(argv:list|None=None) -> int:
             if a.check and not same: _say('asr-kd: README.md is out of date with nbs/index.ipynb; run `asr-kd readme`')
             return 0 if same or not a.check else 1
         if a.cmd == 'report':
-            from asr_kd_nb.datasize import render_html_report
+            from asr_kd_nb.report import render_html_report
             _say(str(render_html_report(a.run_dir))); return 0
     except (ValueError, ConfigMismatch, OSError) as e:   # bad config, run dir or input file: nothing was run
         p.print_usage(sys.stderr); _say(f'asr-kd: error: {e}'); return 2

@@ -15,15 +15,16 @@ import optuna
 from optuna.trial import TrialState
 from .config import config_section, section_preset, load_config, read_json, write_json, derive_seed, resolve_device
 from .conformer import StudentHParams, ConformerConfig, PAPER_BEST, InvalidHParams
-from .splits import frac_key
+from .rundir import (frac_key, frac_label, study_key, study_dir, fraction_ids, read_splits, fraction_summary_path,
+                              finished_studies, read_trials)
 
 # %% auto #0
-__all__ = ['log', 'HPARAMS', 'PAPER_SPACE_SPEC', 'fraction_key', 'Dimension', 'parse_dimension', 'dimension_values',
+__all__ = ['log', 'HPARAMS', 'PAPER_SPACE_SPEC', 'fraction_key', 'study_name', 'Dimension', 'parse_dimension', 'dimension_values',
            'parse_space', 'scale_space', 'scale_point', 'SearchConfig', 'suggest_hparams', 'hparams_from_params',
-           'paper_trials', 'study_name', 'kd_scorer', 'dry_run_scorer', 'load_scorer_factory', 'instance_value',
+           'paper_trials', 'kd_scorer', 'dry_run_scorer', 'shifting_scorer', 'load_scorer_factory', 'instance_value',
            'trial_objective', 'storage_url', 'default_storage', 'public_url', 'StudyLock', 'open_storage',
-           'make_pruner', 'trial_counts', 'search_worker', 'trials_table', 'study_figures', 'export_study',
-           'add_worker_args', 'worker_main']
+           'make_pruner', 'trial_counts', 'sampler_seed', 'search_worker', 'search_stage', 'trials_table',
+           'study_figures', 'export_study', 'add_worker_args', 'worker_main']
 
 # %% ../nbs/06_search.ipynb #c006
 log = logging.getLogger(__name__)
@@ -165,8 +166,11 @@ _SMOKE_SPACE = {'hidden_layer_size': '2**int[3..6]', 'ffn_dim': '2**int[2..7]', 
 class SearchConfig:
     "The Optuna study of every data fraction: space, budget, pruning, storage, heartbeat."
     space: dict = field(default_factory=lambda: dict(_SMOKE_SPACE))  # hyperparameter -> spec string (see `parse_dimension`)
-    n_trials: int = 5                  # finished (complete or pruned) trials per fraction, all workers together
-    steps: int = 0                     # training steps per student in a trial; 0: the `kd` section's budget
+    n_trials: int = 5                  # finished (complete or pruned) trials per study, all workers together
+    replicates: int = 2                # R independent searches per fraction (studies frac-0.30-r0 ... -r{R-1})
+    paired: bool = False               # True: replicate r of every fraction shares one sampler seed (paired design); False: independent
+    workers: int = 0                   # local worker processes of the search stage (0: every core this process may use)
+    steps: int = 0                     # fixed training steps per student (ablation); 0: the `kd` section's budget (epochs)
     enqueue_paper: bool = True         # the paper's four best configurations (scaled to `space`) are the first trials
     sampler_startup_trials: int = 4    # TPE's random trials before it models the results (after the enqueued ones)
     pruner: str = 'median'             # 'none', 'median' or 'wilcoxon'
@@ -185,12 +189,14 @@ class SearchConfig:
                               'num_layers': 'int[2..3]', 'depthwise_conv_kernel_size': 'int[3..11] step 2',
                               'kernel_size': 'int[3..10]', 'dropout': 'float[0.1..0.5]', 'minibatch_size': 'int[4..16]',
                               'learning_rate': 'float[1e-06..0.01] log'},
-                    'n_trials': 10, 'sampler_startup_trials': 3},
+                    'n_trials': 8, 'replicates': 2, 'sampler_startup_trials': 4},
+        'full': {'n_trials': 30, 'replicates': 3, 'sampler_startup_trials': 8},
         'paper': {'space': {'hidden_layer_size': '2**int[6..9]', 'ffn_dim': '2**int[5..10]', 'num_heads': '2**int[1..3]',
                             'num_layers': 'int[4..6]', 'depthwise_conv_kernel_size': 'int[3..12] step 2',
                             'kernel_size': 'int[3..10]', 'dropout': 'float[0.1..0.5]', 'minibatch_size': 'int[4..16]',
                             'learning_rate': 'float[1e-6..1e-2] log'},
-                  'n_trials': 50, 'sampler_startup_trials': 10, 'pruner': 'none', 'heartbeat_interval': 60, 'grace_period': 300},
+                  'n_trials': 50, 'replicates': 1, 'enqueue_paper': False, 'sampler_startup_trials': 10, 'pruner': 'none',
+                  'heartbeat_interval': 60, 'grace_period': 300},
     }
 
     def __post_init__(self):
@@ -198,6 +204,8 @@ class SearchConfig:
         if self.pruner not in ('none', 'median', 'wilcoxon'):
             raise ValueError(f"search.pruner={self.pruner!r}; choose 'none', 'median' or 'wilcoxon'")
         if self.n_trials < 1: raise ValueError(f'search.n_trials={self.n_trials} must be >= 1')
+        if self.replicates < 1: raise ValueError(f'search.replicates={self.replicates} must be >= 1')
+        if self.workers < 0: raise ValueError(f'search.workers={self.workers} must be >= 0 (0: every available core)')
         if self.steps < 0: raise ValueError(f'search.steps={self.steps} must be >= 0 (0: the kd section decides)')
         if not 1 <= self.heartbeat_interval < self.grace_period:
             raise ValueError(f'search.heartbeat_interval={self.heartbeat_interval} must be >= 1 and below '
@@ -233,37 +241,32 @@ def paper_trials(space:dict, # the run's search space
 PAPER_SPACE_SPEC = dict(SearchConfig.presets['paper']['space'])   # the space the paper's configurations live in
 
 # %% ../nbs/06_search.ipynb #c025
-fraction_key = frac_key   # one implementation, in the splits chapter
-
-def study_name(fraction:float) -> str:
-    "The study of a data fraction: 'frac-1.00', 'frac-0.30', ..."
-    return f'frac-{float(fraction_key(fraction)):.2f}'
+fraction_key = frac_key   # one implementation, in the run-directory chapter
+study_name = study_key    # 'frac-0.30-r2': fraction and replicate
 
 def kd_scorer(run_dir, # run directory with splits.json and the teacher cache
               fraction:float, # data fraction whose training utterances are used
               cfg, # the run's `StudyConfig`
              ) -> Callable[[dict, Callable], dict]:
-    "The KD objective: `run_protocol` of the kd stage on the fraction's training utterances."
+    "The KD objective: `run_protocol` of the kd stage on the fraction's training utterances, for the kd budget (epochs)."
     from asr_kd_nb.kd import run_protocol
     from asr_kd_nb.teacher import load_cache, set_threads
     from asr_kd_nb.conformer import build_student, count_parameters
-    set_threads(cfg.kd.threads)   # respects the cores this worker may use (taskset, a cluster's cgroup)
-    run_dir = Path(run_dir); splits = read_json(run_dir/'splits.json'); key = fraction_key(fraction)
-    if key not in splits.get('fractions', {}):
-        raise ValueError(f'fraction {key} is not in {run_dir}/splits.json (available: {sorted(splits.get("fractions", {}))})')
-    train_ids, cache, device = splits['fractions'][key], load_cache(run_dir), resolve_device(cfg.device)
-    kd_cfg = cfg.kd if not cfg.search.steps else replace(cfg.kd, steps=cfg.search.steps)
-    def score(hp:dict, report:Callable) -> dict:
+    set_threads(int(os.environ.get('ASR_KD_THREADS') or cfg.kd.threads))   # a local stage worker's share, else kd.threads
+    splits, train_ids = read_splits(run_dir), fraction_ids(run_dir, fraction)
+    cache, device = load_cache(run_dir), resolve_device(cfg.device)
+    kd_cfg = cfg.kd if not cfg.search.steps else replace(cfg.kd, budget='steps', steps=cfg.search.steps)
+    def score(hp:dict, report:Callable, seeds:list|None=None, scale:float=1.0) -> dict:
         h = StudentHParams(**hp).validate()
-        out = dict(run_protocol(h, cache, splits, kd_cfg, train_ids, device, report=report))
-        return {**out, 'n_params': count_parameters(build_student(h, len(cache.vocab)))}
+        out = dict(run_protocol(h, cache, splits, kd_cfg, train_ids, device, report=report, seeds=seeds, scale=scale))
+        return {**out, 'train_ids': len(train_ids), 'n_params': count_parameters(build_student(h, len(cache.vocab)))}
     score.n_reports = len(kd_cfg.seeds) if kd_cfg.protocol == 'independent' else len(splits['test_folds'])
     return score
 
 def dry_run_scorer(run_dir, fraction:float, cfg) -> Callable[[dict, Callable], dict]:
     "A scorer that trains nothing: a deterministic function of the parameters, `ASR_KD_DRY_RUN_SECONDS` per student."
     pause = float(os.environ.get('ASR_KD_DRY_RUN_SECONDS', '0.2'))
-    def score(hp:dict, report:Callable) -> dict:
+    def score(hp:dict, report:Callable, seeds:list|None=None, scale:float=1.0) -> dict:
         base = (0.2 + 0.05 * abs(math.log2(hp['hidden_layer_size']) - 6) + 0.04 * abs(math.log10(hp['learning_rate']) + 3.3)
                 + 0.1 * hp['dropout'] + 0.01 * hp['num_layers'])
         cers, logs = {}, []
@@ -273,6 +276,23 @@ def dry_run_scorer(run_dir, fraction:float, cfg) -> Callable[[dict, Callable], d
             logs.append(math.log(c)); report(i, math.exp(sum(logs) / len(logs)))
         return {'gmean': math.exp(sum(logs) / len(logs)), 'cers': cers, 'steps': 0}
     score.n_reports = 4
+    return score
+
+def shifting_scorer(run_dir, fraction:float, cfg) -> Callable[[dict, Callable], dict]:
+    "A synthetic objective (no training) whose best learning rate moves with the fraction, so rankings differ between fractions."
+    f, n = float(fraction_key(fraction)), len(fraction_ids(run_dir, fraction))
+    def score(hp:dict, report:Callable, seeds:list|None=None, scale:float=1.0) -> dict:
+        best_lr = -2.5 - 2.5 * (1 - f)            # log10 of the best learning rate: 1e-2.5 on 100 %, 1e-4.25 on 30 %
+        base = 0.15 + 0.06 * (math.log10(hp['learning_rate']) - best_lr) ** 2 + 0.02 * abs(math.log2(hp['hidden_layer_size']) - 5)
+        cers = {}
+        for i, s in enumerate(seeds or cfg.kd.seeds):
+            noise = 0.004 * math.sin(s * 12.9898 + hp['kernel_size'] * 78.233 + hp['dropout'] * 37.719)   # deterministic seed noise
+            cers[f'seed-{s}/fold-a'] = base + noise
+            report(i, math.exp(sum(map(math.log, cers.values())) / len(cers)))
+        steps = len(cers) * math.ceil(cfg.kd.epochs * scale * n / hp['minibatch_size'])
+        return {'gmean': math.exp(sum(map(math.log, cers.values())) / len(cers)), 'cers': cers, 'steps': steps,
+                'utterances': round(len(cers) * cfg.kd.epochs * scale * n), 'train_ids': n}
+    score.n_reports = len(cfg.kd.seeds)
     return score
 
 def load_scorer_factory(objective): # a factory, 'module:function', or '' / None for `kd_scorer`
@@ -320,13 +340,15 @@ def trial_objective(scorer:Callable, # hp dict, report -> {'gmean': ..., ...}
             if trial.should_prune():
                 msg = f'pruned after student {i + 1}: running geometric-mean CER {value:.4f}'
                 trial.set_user_attr('reason', msg); raise optuna.TrialPruned(msg)
+        c0 = time.process_time()
         try: out = scorer(hp, report)
         except optuna.TrialPruned: raise
         except diverged as e:
             trial.set_user_attr('reason', f'{type(e).__name__}: {e}'[:500]); raise optuna.TrialPruned(str(e)) from e
         except Exception as e:
             trial.set_user_attr('reason', f'{type(e).__name__}: {e}'[:500]); raise
-        for k in ('cers', 'steps', 'wall_s', 'n_params'):
+        finally: trial.set_user_attr('cpu_s', round(time.process_time() - c0, 3))   # pruned and failed trials cost too
+        for k in ('cers', 'steps', 'utterances', 'train_ids', 'wall_s', 'n_params'):
             if k in out: trial.set_user_attr(k, out[k])
         g = float(out['gmean'])
         if not math.isfinite(g):
@@ -438,9 +460,17 @@ def trial_counts(study:optuna.Study) -> Counter:
     return c
 
 # %% ../nbs/06_search.ipynb #c035
-def _sampler(sc:SearchConfig, seed:int, fraction:float, number:int) -> optuna.samplers.TPESampler:
-    # the same seed in every fraction's study: random start-up trials coincide, so fractions score a common set for free
-    return optuna.samplers.TPESampler(seed=derive_seed(seed, 'search', number),
+def sampler_seed(seed:int, # the run seed
+                 fraction:float, # data fraction of the study
+                 replicate:int, # replicate search
+                 number:int, # trial number
+                 paired:bool=False, # replicate r shares its seeds across fractions
+                ) -> int:
+    "The TPE seed of one trial: independent per (fraction, replicate), or per replicate only when `paired`."
+    return derive_seed(seed, 'search', replicate, number) if paired else derive_seed(seed, 'search', fraction_key(fraction), replicate, number)
+
+def _sampler(sc:SearchConfig, seed:int, fraction:float, replicate:int, number:int) -> optuna.samplers.TPESampler:
+    return optuna.samplers.TPESampler(seed=sampler_seed(seed, fraction, replicate, number, sc.paired),
                                       n_startup_trials=sc.sampler_startup_trials)
 
 def _enqueue_next_paper_trial(study:optuna.Study, sc:SearchConfig):
@@ -458,22 +488,26 @@ def search_worker(run_dir, # run directory (config.json; splits.json and the tea
                   storage:str|None=None, # Optuna RDB URL; None: config `search.storage`, else sqlite under RUN_DIR/search
                   n_trials:int|None=None, # finished trials the study should reach (all workers together); None: config
                   objective=None, # scorer factory (callable or 'module:function'); None: config `search.objective` / KD
-                  export:bool=True, # write RUN_DIR/search/frac-X.XX/ when the study is done
+                  export:bool=True, # write RUN_DIR/search/frac-X.XX-rR/ when the study is done
+                  replicate:int=0, # replicate search of the fraction: the study 'frac-X.XX-rR'
+                  wait:bool=True, # wait for other workers' last trials (False: return as soon as no trial is left to start)
                  ) -> dict:
-    "One worker on the fraction's study: run trials until it has `n_trials` finished ones; returns the summary."
+    "One worker on a replicate study of the fraction: run trials until it has `n_trials` finished ones; returns the summary."
     cfg = load_config(run_dir); sc = cfg.search
     n = int(n_trials or sc.n_trials)
     if n < 1: raise ValueError(f'n_trials={n} must be >= 1')
-    url, name = storage_url(storage or sc.storage or default_storage(run_dir)), study_name(fraction)
+    if not 0 <= replicate < sc.replicates: raise ValueError(f'replicate={replicate}; the config has search.replicates={sc.replicates}')
+    url, name = storage_url(storage or sc.storage or default_storage(run_dir)), study_name(fraction, replicate)
     dims, lock = parse_space(sc.space), StudyLock(url, name)
     try:
         with lock:
             study = optuna.create_study(storage=open_storage(url, sc), study_name=name, direction='minimize',
                                         pruner=make_pruner(sc), load_if_exists=True)
             study.set_user_attr('space', sc.space); study.set_user_attr('fraction', fraction_key(fraction))
+            study.set_user_attr('replicate', int(replicate))
         scorer = load_scorer_factory(objective if objective is not None else sc.objective)(run_dir, fraction, cfg)
         def start(trial):
-            trial.study.sampler = _sampler(sc, cfg.seed, fraction, trial.number)
+            trial.study.sampler = _sampler(sc, cfg.seed, fraction, replicate, trial.number)
             lock.release()
         ran = 0
         while True:
@@ -484,7 +518,9 @@ def search_worker(run_dir, # run directory (config.json; splits.json and the tea
             if c['errors'] > sc.max_failures:
                 lock.release(); _raise_failures(study, sc)
             if c['finished'] + c['RUNNING'] >= n:
-                lock.release(); time.sleep(min(sc.poll_seconds, sc.heartbeat_interval)); continue
+                lock.release()
+                if not wait: break
+                time.sleep(min(sc.poll_seconds, sc.heartbeat_interval)); continue
             _enqueue_next_paper_trial(study, sc)
             try:
                 study.optimize(trial_objective(scorer, dims, sc.pruner, on_start=start), n_trials=1, catch=(Exception,))
@@ -493,7 +529,7 @@ def search_worker(run_dir, # run directory (config.json; splits.json and the tea
         c = trial_counts(study)
         log.info('%s: %d finished trials (%d complete, %d pruned, %d failed); this worker ran %d',
                  name, c['finished'], c['COMPLETE'], c['PRUNED'], c['FAIL'], ran)
-        summary = export_study(study, Path(run_dir)/'search'/name, url, n) if export else {'counts': dict(c)}
+        summary = export_study(study, study_dir(run_dir, fraction, replicate), url, n) if export else {'counts': dict(c)}
         return {**summary, 'ran': ran}
     finally: lock.close()
 
@@ -501,6 +537,37 @@ def _raise_failures(study, sc):
     reasons = [t.user_attrs.get('reason', '?') for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
     raise RuntimeError(f'{len(reasons)} trials of {study.study_name} failed (search.max_failures={sc.max_failures}); '
                        f'last reason: {reasons[-1] if reasons else "?"}')
+
+# %% ../nbs/06_search.ipynb #c035b
+def _stage_worker(run_dir:str, fraction:float, objective=None) -> list[int]:
+    "One local worker of the search stage: trials of each replicate study of `fraction` in turn; the trials it ran per study."
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cfg = load_config(run_dir)
+    return [search_worker(run_dir, fraction, objective=objective, export=False, replicate=r, wait=False)['ran']
+            for r in range(cfg.search.replicates)]
+
+def search_stage(run_dir, # run directory (config, splits, teacher cache)
+                 fraction:float, # data fraction: every replicate study of it
+                 workers:int|None=None, # local worker processes; None: `search.workers`, else every available core
+                 objective=None, # scorer factory (with workers > 1: 'module:function'); None: the config's
+                ) -> dict:
+    "The search stage of one fraction: W local workers through its R replicate studies, then their results and summary."
+    from asr_kd_nb.kd import run_parallel, available_cores
+    cfg = load_config(run_dir); sc = cfg.search
+    w = int(workers or sc.workers or available_cores())
+    t0 = time.time()
+    ran = run_parallel(_stage_worker, [(str(run_dir), float(fraction), objective)] * w, workers=w, desc=f'{frac_label(fraction)} workers')
+    url, reps = storage_url(sc.storage or default_storage(run_dir)), []
+    for r in range(sc.replicates):
+        with _quiet(): study = optuna.load_study(study_name=study_name(fraction, r), storage=open_storage(url, sc))
+        c = trial_counts(study)
+        if c['finished'] < sc.n_trials: raise RuntimeError(f'{study.study_name}: {c["finished"]} of {sc.n_trials} trials finished; rerun to resume')
+        reps.append(export_study(study, study_dir(run_dir, fraction, r), url, sc.n_trials))
+    summary = {'fraction': fraction_key(fraction), 'replicates': len(reps), 'workers': w, 'studies': [s['study'] for s in reps],
+               'trials_per_worker': ran, 'cpu_s': sum(s['cpu_s'] for s in reps), 'wall_s': round(time.time() - t0, 1),
+               'best': {s['study']: s['best'] for s in reps}}
+    write_json(fraction_summary_path(run_dir, fraction), summary)
+    return summary
 
 # %% ../nbs/06_search.ipynb #c037
 def trials_table(study:optuna.Study) -> pd.DataFrame:
@@ -515,6 +582,8 @@ def trials_table(study:optuna.Study) -> pd.DataFrame:
         row = {'number': t.number, 'state': t.state.name, 'gmean_cer': t.value if t.state == TrialState.COMPLETE else None,
                'last_report': last, 'duration_s': dur,
                'n_params': t.user_attrs.get('n_params'), 'steps': t.user_attrs.get('steps'),
+               'utterances': t.user_attrs.get('utterances'), 'train_ids': t.user_attrs.get('train_ids'),
+               'cpu_s': t.user_attrs.get('cpu_s'),
                'students_scored': len(t.intermediate_values), **{n: hp.get(n) for n in HPARAMS},
                **{f'cer:{k}': v for k, v in (t.user_attrs.get('cers') or {}).items()},
                'enqueued': t.user_attrs.get('enqueued', ''),
@@ -581,7 +650,8 @@ def export_study(study:optuna.Study, # a loaded study
                 'duration_s': float(b.duration_s), 'enqueued': t.user_attrs.get('enqueued', '')}
     paper = [{'label': r.enqueued, 'number': int(r.number), 'state': r.state,
               'gmean_cer': None if pd.isna(r.gmean_cer) else float(r.gmean_cer)} for r in df[df.enqueued != ''].itertuples()]
-    summary = {'study': study.study_name, 'fraction': study.user_attrs.get('fraction'), 'storage': public_url(url) if url else '',
+    summary = {'study': study.study_name, 'fraction': study.user_attrs.get('fraction'), 'replicate': study.user_attrs.get('replicate'),
+               'storage': public_url(url) if url else '', 'cpu_s': float(df.cpu_s.fillna(0).sum()),
                'n_trials': n_trials, 'counts': {k: int(v) for k, v in c.items()},
                'compute_s': float(df.duration_s.fillna(0).sum()), 'best': best, 'paper_configurations': paper,
                'space': study.user_attrs.get('space')}
@@ -593,9 +663,10 @@ def export_study(study:optuna.Study, # a loaded study
 def add_worker_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Add the worker's arguments to a parser (shared by `asr-kd search`)."
     p.add_argument('--run-dir', required=True, help='run directory (config.json, splits.json and the teacher cache)')
-    p.add_argument('--fraction', type=float, required=True, help='data fraction, e.g. 0.3 (study frac-0.30)')
+    p.add_argument('--fraction', type=float, required=True, help='data fraction, e.g. 0.3')
     p.add_argument('--storage', help='Optuna RDB URL: sqlite:///PATH or postgresql://USER:PW@HOST:PORT/DB '
                                      '(default: config search.storage, else sqlite:///RUN_DIR/search/studies.db)')
+    p.add_argument('--replicate', type=int, default=0, help='replicate search of the fraction (study frac-X.XX-rR; default 0)')
     p.add_argument('--n-trials', type=int, help='finished trials the study should reach, all workers together (default: config)')
     p.add_argument('--objective', help="scorer factory 'module:function' (default: the KD objective; "
                                        "asr_kd_nb.search:dry_run_scorer checks a setup without training)")
@@ -606,6 +677,6 @@ def worker_main(argv:list|None=None) -> int:
     "Command-line entry of one search worker."
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
     a = add_worker_args(argparse.ArgumentParser(prog='asr-kd search', description='One Optuna worker on a fraction\'s study.')).parse_args(argv)
-    s = search_worker(a.run_dir, a.fraction, a.storage, a.n_trials, a.objective, export=not a.no_export)
-    log.info('study %s: %s', study_name(a.fraction), s.get('counts'))
+    s = search_worker(a.run_dir, a.fraction, a.storage, a.n_trials, a.objective, export=not a.no_export, replicate=a.replicate)
+    log.info('study %s: %s', study_name(a.fraction, a.replicate), s.get('counts'))
     return 0

@@ -14,11 +14,11 @@ import numpy as np
 from .config import config_section, write_json, read_json, derive_seed, load_config, require, config_check
 from .corpus import read_manifest, Utterance
 from .clustering import read_labels
+from .rundir import frac_key   # the one spelling of a fraction key, owned by the run-directory chapter
 
 # %% auto #0
 __all__ = ['log', 'SplitsConfig', 'clusters_needed', 'enough_clusters', 'fold_name', 'pick_test_clusters', 'text_leakage',
-           'frac_key', 'nested_fractions', 'check_splits', 'speaker_leakage', 'split_sizes', 'make_splits',
-           'split_stage']
+           'nested_fractions', 'check_splits', 'speaker_leakage', 'split_sizes', 'make_splits', 'split_stage']
 
 # %% ../nbs/02_splits.ipynb #c005
 log = logging.getLogger(__name__)
@@ -98,11 +98,6 @@ def text_leakage(train:list, # training utterance ids
     return [i for i in train if text[i] in seen]
 
 # %% ../nbs/02_splits.ipynb #c013
-def frac_key(f:float) -> str:
-    "The key of data fraction `f` in splits.json ('1.0', '0.3', ...), checking its range."
-    if not 0 < float(f) <= 1: raise ValueError(f'data fraction {f!r} must be in (0, 1]')
-    return f'{float(f):.1f}'
-
 def nested_fractions(train:list, # training ids in manifest order
                      cluster:dict, # utterance id -> cluster
                      fractions:list, # shares in (0, 1]

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from .config import (config_section, load_config, write_json, read_json, config_hash, resolve_device, derive_seed,
                               resolve_source, report_progress, config_source)
 from .corpus import Utterance, read_manifest, decode_audio, normalize_text, SAMPLE_RATE, VOCAB_CHARS
+from .rundir import read_splits, run_path
 
 # %% auto #0
 __all__ = ['log', 'PAPER_TEACHER', 'PAPER_REVISION', 'MFCC_SETTINGS', 'PRECISIONS', 'WIN', 'HOP', 'CONFORMER_ARCH', 'PROB_TOL',
@@ -49,12 +50,12 @@ class TeacherConfig:
     learning_rate: float = 1.5e-3  # peak AdamW learning rate
     warmup_steps: int = 100      # linear warm-up, then cosine decay to zero over the budget
     max_steps: int = 300         # training steps; the schedule spans them ...
-    max_minutes: float = 1.0     # ... unless this wall-clock cap (minutes) comes first
+    max_minutes: float = 0.0     # optional wall-clock cap (minutes; 0 = none): the budget is steps, so a seed gives one teacher on any machine
     eval_batch_size: int = 16    # utterances per teacher pass when building the cache
     precision: str = 'auto'      # cache pass: 'auto' (on CUDA fp16 or bf16 when within tolerance of fp32, else fp32), 'fp32', 'fp16', 'bf16'
     threads: int = 0             # CPU threads for torch (0 = every core this process may use)
     presets: ClassVar[dict] = {
-        'default': {'hidden': 192, 'num_layers': 4, 'ffn_dim': 768, 'max_steps': 900, 'max_minutes': 14.0},
+        'default': {'hidden': 192, 'num_layers': 4, 'ffn_dim': 768, 'max_steps': 900},
         'paper': {'source': PAPER_TEACHER, 'revision': PAPER_REVISION, 'eval_batch_size': 8},
     }
 
@@ -66,7 +67,7 @@ class TeacherConfig:
         for k in ('max_steps', 'batch_size', 'eval_batch_size', 'num_layers'):
             if getattr(self, k) < 1: raise ValueError(f'teacher.{k}={getattr(self, k)} must be >= 1')
         if self.precision not in ('auto', 'fp32', 'fp16', 'bf16'): raise ValueError(f"teacher.precision={self.precision!r}; use 'auto', 'fp32', 'fp16' or 'bf16'")
-        if self.max_minutes <= 0: raise ValueError(f'teacher.max_minutes={self.max_minutes} must be > 0')
+        if self.max_minutes < 0: raise ValueError(f'teacher.max_minutes={self.max_minutes} must be >= 0 (0: no wall-clock cap)')
         return self
 
 # %% ../nbs/03_teacher.ipynb #h11t01
@@ -372,7 +373,7 @@ def train_ctc(model:nn.Module, # forward(waves, gen) -> (logits, n_frames)
     gen = torch.Generator().manual_seed(seed); torch.manual_seed(seed)
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=tc.learning_rate, weight_decay=0.01)
-    budget_s, t0, c0, step, losses, stopped = tc.max_minutes * 60, time.monotonic(), time.process_time(), 0, [], 'steps'
+    budget_s, t0, c0, step, losses, stopped = tc.max_minutes * 60 or float('inf'), time.monotonic(), time.process_time(), 0, [], 'steps'
     lens = [len(w) for w in waves]
     bar = tqdm(total=tc.max_steps, desc='teacher training', disable=not progress, mininterval=5)
     while True:
@@ -428,8 +429,7 @@ def obtain_teacher(run_dir, # run directory (reads config.json, splits.json, cor
     run_dir = Path(run_dir); cfg = load_config(run_dir); tc = cfg.teacher.validate()
     if tc.source != 'train': return load_teacher(tc.source, tc.revision or None, device), None
     tdir, man = run_dir/'teacher', run_dir/'corpus'/'manifest.jsonl'
-    if not (run_dir/'splits.json').exists(): raise FileNotFoundError(f'{run_dir/"splits.json"} is missing: run stage 02_splits first')
-    train_ids = read_json(run_dir/'splits.json')['train']
+    train_ids = read_splits(run_dir)['train']   # a clear error when stage 02_splits has not run
     seed = derive_seed(cfg.seed, 'teacher')
     fp = config_hash({'train': {k: getattr(tc, k) for k in _TRAIN_KEYS}, 'seed': seed, 'manifest': file_sha256(man),
                       'train_ids': hashlib.sha256('\n'.join(train_ids).encode()).hexdigest()})
@@ -663,7 +663,7 @@ def teacher_stage(run_dir, # run directory with config.json, corpus/ and splits.
     teacher, training = obtain_teacher(run_dir, device, progress)
     check_frame_rate(teacher)   # a teacher with another frame rate would silently pad the student's input
     idx = cache_emissions(run_dir, teacher, tc.eval_batch_size, progress, tc.precision)
-    splits = read_json(run_dir/'splits.json') if (run_dir/'splits.json').exists() else {}
+    splits = read_splits(run_dir) if run_path(run_dir, 'splits').exists() else {}
     folds = splits.get('test_folds') or {}
     if not folds: log.warning('%s has no test folds; the teacher is scored on the out-of-domain set only', run_dir/'splits.json')
     cers, examples = teacher_cers(load_cache(run_dir), folds)

@@ -1,40 +1,80 @@
-"The data-size analysis: rank statistics, regret, the stage's summary from real (toy) Optuna studies, the HTML report in Chromium."
+"""The data-size analysis: panel agreement, regret, the stage on real (toy) KD studies, synthetic objectives that do and do not
+change the ranking with the fraction, the conclusion's refusals, and the HTML report in Chromium."""
 import base64, json, math, os, re, shutil, subprocess
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 import nbformat, optuna
-from asr_kd_nb.config import study_config, save_config, write_json, read_json
-from asr_kd_nb.datasize import (rank_agreement, regret, datasize_stage, headline, render_html_report, config_key, load_trials,
-                                common_configs)
-from asr_kd_nb.search import search_worker, study_name, HPARAMS
+from asr_kd_nb.config import study_config, save_config, write_json, read_json, load_config
+from asr_kd_nb.datasize import panel_agreement, regret_stats, datasize_stage, train_and_score
+from asr_kd_nb.report import headline, render_html_report, conclusion_text
+from asr_kd_nb.rundir import fraction_ids, read_trials, study_dir
+from asr_kd_nb.search import search_worker, search_stage, HPARAMS
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
 
-def test_rank_agreement_known_rankings():
-    x = np.array([0.21, 0.25, 0.3, 0.33, 0.4, 0.52, 0.6])
-    same = rank_agreement(x, 2 * x + 0.1, n_boot=300, seed=1)
-    assert math.isclose(same['spearman'], 1) and math.isclose(same['kendall'], 1)
-    assert math.isclose(same['spearman_low'], 1) and math.isclose(same['spearman_high'], 1) and same['top_k_overlap'] == 1
-    rev = rank_agreement(x, -x, n_boot=300, seed=1)
-    assert math.isclose(rev['spearman'], -1) and math.isclose(rev['kendall'], -1) and math.isclose(rev['spearman_high'], -1)
-    assert rev['top_k_overlap'] == 0
-    noisy = rank_agreement(x, x + np.random.default_rng(0).normal(0, 0.1, len(x)), n_boot=300, seed=1)
-    assert -1 <= noisy['spearman_low'] <= noisy['spearman'] <= noisy['spearman_high'] <= 1
-    assert noisy['spearman_high'] - noisy['spearman_low'] > 0.05           # noise gives a real interval
-    assert rank_agreement([0.1, 0.2, np.nan, 0.4], [0.3, 0.1, 0.2, 0.5])['n'] == 3
+def test_panel_agreement_known_rankings():
+    rng = np.random.default_rng(0)
+    x = np.linspace(0.2, 0.6, 8)[:, None] + rng.normal(0, 0.002, (8, 2))
+    same = panel_agreement(x, 2 * x + 0.1, n_boot=300, seed=1)
+    assert same['spearman'] > 0.95 and same['top_k_recall'] == 1
+    rev = panel_agreement(x, -x, n_boot=300, seed=1)
+    assert rev['spearman'] < -0.95 and rev['spearman_ci'][1] < -0.9 and rev['top_k_recall'] == 0
+    noisy = panel_agreement(x, x + rng.normal(0, 0.1, x.shape), n_boot=300, seed=1)
+    for r in (same, rev, noisy):
+        for m in ('spearman', 'kendall'): assert r[f'{m}_ci'][0] <= r[m] <= r[f'{m}_ci'][1]
+    assert noisy['spearman_ci'][1] - noisy['spearman_ci'][0] > 0.05           # noise gives a real interval
+    x[2, 0] = np.nan
+    assert panel_agreement(x, x)['n'] == 7
 
 
-def test_regret_paired_interval():
-    ref = {f'seed-{s}/cluster-{k}': 0.3 + 0.02 * k + 0.01 * s for s in (0, 1) for k in range(4)}
-    assert regret(ref, ref)['regret'] == 0
-    worse = regret({c: v + 0.04 for c, v in ref.items()}, ref, n_boot=500, seed=0)
-    assert 0.03 < worse['low'] <= worse['regret'] <= worse['high'] < 0.05 and worse['cells'] == 8
-    better = regret({c: v - 0.04 for c, v in ref.items()}, ref, n_boot=500, seed=0)
-    assert better['high'] < 0
-    assert math.isclose(regret({}, ref, gmean=0.4, ref_gmean=0.3)['regret'], 0.1) and math.isnan(regret({}, ref, 0.4, 0.3)['low'])
+def test_regret_interval_brackets_and_detects():
+    ref = {1: 0.30, 2: 0.32, 3: 0.31}
+    assert regret_stats({0: ref, 1: ref}, ref)['regret_ci'] == [0.0, 0.0]
+    worse = regret_stats({0: {s: v + 0.04 for s, v in ref.items()}, 1: {s: v + 0.05 for s, v in ref.items()}}, ref, 500, 0)
+    assert 0.04 - 1e-9 <= worse['regret_ci'][0] <= worse['regret'] <= worse['regret_ci'][1] <= 0.05 + 1e-9
+    better = regret_stats({0: {s: v - 0.04 for s, v in ref.items()}}, ref, 500, 0)
+    assert better['regret_ci'][1] < 0
+
+
+def test_conclusion_refuses_when_students_did_not_learn():
+    s = {'noise_ceiling': {'regret': 0.0, 'regret_ci': [0.0, 0.0], 'spearman_rho': 0.9, 'spearman_ci': [0.8, 1.0]},
+         'per_fraction': {'1.0': {'best_cer': 0.947}, '0.5': {'regret': 0.2, 'regret_ci': [0.1, 0.3], 'cost_ratio': 0.5}}}
+    t = conclusion_text(s)
+    assert t.startswith('The students did not learn') and 'worse' not in t and 'as good' not in t
+    s['per_fraction']['1.0']['best_cer'] = 0.2
+    assert 'no: 50 % picked measurably worse' in conclusion_text(s)
+
+
+def _synthetic_run(tmp_path, objective, fractions=(1.0, 0.3)):
+    run = tmp_path/objective.split(':')[1]
+    save_config(study_config('smoke', {'search': {'objective': objective, 'pruner': 'none', 'n_trials': 8, 'replicates': 2},
+                                       'kd': {'seeds': [1]},
+                                       'datasize': {'long_epochs': 0, 'workers': 2, 'bootstrap': 300, 'panel_size': 8}}), run)
+    ids = [f'u{i:02d}' for i in range(20)]
+    write_json(run/'splits.json', {'train': ids, 'fractions': {'1.0': ids, '0.3': ids[:6]}, 'test_folds': {'c': ['x']}})
+    os.environ['ASR_KD_DRY_RUN_SECONDS'] = '0'
+    for f in fractions: search_stage(run, f, workers=2, objective=objective)
+    return run, datasize_stage(run)
+
+
+def test_synthetic_objective_whose_ranking_changes_is_detected(tmp_path):
+    "The best learning rate moves with the fraction: the 30 % searches pick configurations that are worse on 100 %."
+    run, s = _synthetic_run(tmp_path, 'asr_kd_nb.search:shifting_scorer')
+    p = s['per_fraction']['0.3']
+    assert p['regret'] > 0 and p['regret_ci'][0] > 0 and p['regret_ci'][0] > s['noise_ceiling']['regret_ci'][1], p
+    assert p['spearman_rho'] < 0.9 and p['spearman_ci'][0] <= p['spearman_rho'] <= p['spearman_ci'][1], p
+    assert 'no: 30 % picked measurably worse' in s['conclusion']
+    jobs = [json.loads(l) for l in (run/'report'/'scores.jsonl').read_text().splitlines()]
+    assert {j['job']['fraction'] for j in jobs} == {'1.0', '0.3'}
+    for j in jobs: assert j['result']['train_ids'] == len(fraction_ids(run, j['job']['fraction']))   # trains on the fraction it names
+
+
+def test_synthetic_objective_that_ignores_the_data_agrees(tmp_path):
+    run, s = _synthetic_run(tmp_path, 'asr_kd_nb.search:dry_run_scorer')
+    assert math.isclose(s['per_fraction']['0.3']['spearman_rho'], 1.0) and s['per_fraction']['0.3']['top_k_recall'] == 1
 
 
 def _toy_cache(run_dir: Path, n_main=24, n_ood=8, seed=0):
@@ -58,80 +98,82 @@ def _toy_cache(run_dir: Path, n_main=24, n_ood=8, seed=0):
 
 @pytest.fixture(scope='module')
 def toy_run(tmp_path_factory):
-    "A run directory with three real Optuna studies (dry-run objective), a toy cache, and the datasize stage done."
-    os.environ['ASR_KD_DRY_RUN_SECONDS'] = '0'
+    "Two replicate KD searches (the real objective, tiny students) on 100 % and 50 % of a toy cache, and the stage done."
     run = tmp_path_factory.mktemp('datasize-run')
-    cfg = study_config('smoke', {'search': {'objective': 'asr_kd_nb.search:dry_run_scorer', 'pruner': 'none', 'n_trials': 8},
-                                 'datasize': {'common_trials': 3, 'max_rescore': 6, 'long_steps': 6, 'eval_every': 3,
-                                              'workers': 2, 'bootstrap': 200}})
+    cfg = study_config('smoke', {'search': {'pruner': 'none', 'n_trials': 5, 'replicates': 2, 'workers': 2},
+                                 'datasize': {'panel_size': 2, 'long_epochs': 1, 'curve_points': 2, 'workers': 2, 'bootstrap': 200}})
     save_config(cfg, run)
     _toy_cache(run)
-    for f in (1.0, 0.5, 0.3): search_worker(run, f)
-    summary = datasize_stage(run, progress=False)
-    return run, summary
+    write_json(run/'splits.json', {**read_json(run/'splits.json'), 'fractions': {'1.0': read_json(run/'splits.json')['train'],
+                                                                                    '0.5': read_json(run/'splits.json')['train'][:8]}})
+    for f in (1.0, 0.5): search_stage(run, f)
+    return {'run': run, 'summary': datasize_stage(run)}
 
 
-def test_summary_fields_and_files(toy_run):
-    run, s = toy_run
+def test_kd_scorer_trains_each_fraction_on_its_ids_for_the_epoch_budget(tmp_path, monkeypatch):
+    import asr_kd_nb.kd as kd
+    from asr_kd_nb.search import kd_scorer
+    from asr_kd_nb.conformer import PAPER_BEST, scale_hparams, ConformerConfig
+    from dataclasses import asdict
+    run = tmp_path/'run'; run.mkdir()
+    save_config(study_config('smoke', {'kd': {'epochs': 2.0, 'seeds': [1, 2]}}), run)
+    _toy_cache(run)
+    calls, real = [], kd.train_student
+    def spy(hp, cache, train_ids, kd_cfg, seed, steps=None, **kw):
+        r = real(hp, cache, train_ids, kd_cfg, seed, steps, **kw)
+        calls.append((list(train_ids), steps, r.steps, r.utterances)); return r
+    monkeypatch.setattr(kd, 'train_student', spy)
+    cfg = load_config(run)
+    hp = asdict(scale_hparams(PAPER_BEST['1.0'], cfg.conformer))
+    for f in (1.0, 0.5, 0.3):
+        calls.clear()
+        out = kd_scorer(run, f, cfg)(hp, lambda i, v: None)
+        ids = fraction_ids(run, f)
+        assert len(calls) == 2 and all(c[0] == ids for c in calls)                       # exactly this fraction's ids
+        want = kd.budget_steps(cfg.kd, len(ids), hp['minibatch_size'])
+        assert all(c[1] == c[2] == want for c in calls) and all(c[3] == 2 * len(ids) for c in calls)   # 2 epochs
+        assert out['steps'] == 2 * want and out['train_ids'] == len(ids)
+
+
+def test_stage_summary_on_real_kd_studies(toy_run):
+    run, s = toy_run['run'], toy_run['summary']
     on_disk = read_json(run/'report'/'summary.json')
-    assert on_disk['fractions'] == ['1.0', '0.5', '0.3'] == s['fractions']
+    assert on_disk['fractions'] == ['1.0', '0.5']
     for f in on_disk['fractions']:
         p = on_disk['per_fraction'][f]
-        for k in ('best_hparams', 'best_cer', 'spearman_rho', 'spearman_ci', 'regret', 'regret_ci', 'trials', 'cpu_hours'):
-            assert k in p and p[k] is not None, (f, k)
-        assert set(p['best_hparams']) == set(HPARAMS) and p['trials'] == 8
-        best = read_json(run/'search'/study_name(float(f))/'best.json')['best']
-        assert math.isclose(p['best_cer'], best['gmean_cer'])
-    assert on_disk['per_fraction']['1.0']['regret'] == 0
-    # the dry-run objective does not depend on the data, so every fraction ranks the common set exactly like 100 %
-    for f in ('0.5', '0.3'):
-        p = on_disk['per_fraction'][f]
-        assert p['rank_n'] >= 5 and math.isclose(p['spearman_rho'], 1) and p['spearman_ci'][0] <= p['spearman_rho'] <= 1 + 1e-9
-        assert p['regret'] >= 0                                             # the 100 % best is the minimum of the same function
-    for name in ('ood_curves.png', 'rank_agreement.png', 'regret_cost.png', 'importances.png'):
+        for k in ('cost_ratio', 'replicates', 'regret', 'regret_ci', 'noise_ceiling', 'spearman_rho', 'spearman_ci'): assert k in p, (f, k)
+        assert p['replicates'] == 2 and p['trials'] == 10
+        lo, hi = p['regret_ci']; assert lo <= p['regret'] <= hi
+        for r in range(2):
+            df = read_trials(run, f, r)
+            assert {'steps', 'cpu_s', 'utterances'} <= set(df.columns) and (df.cpu_s > 0).all()
+    # budgets follow the data: the paper configurations (same batch sizes) train half the steps on half the ids
+    a, b = (read_trials(run, f, 0).set_index('enqueued').steps for f in (1.0, 0.5))
+    ratio = (b['paper-best-1.0'] / a['paper-best-1.0'])
+    assert 0.35 <= ratio <= 0.65, ratio
+    assert on_disk['per_fraction']['0.5']['cost_ratio'] > 0   # (16 vs 8 toy ids: fixed costs dominate; the smoke run checks the saving)
+    assert on_disk['per_fraction']['1.0']['cost_ratio'] == 1
+    for name in ('ood_curves.png', 'panel.png', 'regret_cost.png'):
         assert (run/'report'/name).read_bytes()[:8] == PNG_MAGIC, name
-    for name in ('best_hparams.csv', 'common_scores.csv', 'rank_agreement.csv', 'regret.csv', 'ood_curves.csv', 'importances.csv',
-                 'search_cost.csv'):
-        assert (run/'report'/name).exists(), name
     curves = pd.read_csv(run/'report'/'ood_curves.csv')
-    assert set(curves.fraction.astype(str).map(lambda v: f'{float(v):.1f}')) == {'1.0', '0.5', '0.3'}
-    assert sorted(curves.step.unique()) == [3, 6] and curves.cer.between(0, 5).all()
-    assert on_disk['long_runs']['eval_set'] == 'out-of-domain'
-    table = pd.read_csv(run/'report'/'best_hparams.csv', index_col=0)
-    assert list(table.index[:9]) == list(HPARAMS) and '30 % paper' in table.columns
-    assert on_disk['conclusion'] and on_disk['conclusion'] == (run/'report'/'conclusion.md').read_text().strip()
+    assert set(curves.fraction.map(lambda v: f'{float(v):.1f}')) == {'1.0', '0.5'} and curves.cer.between(0, 5).all()
+    assert on_disk['conclusion'] == (run/'report'/'conclusion.md').read_text().strip()
+    assert set(on_disk['interval_widths']) == {'1.0', '0.5'}
 
 
-def test_common_set_scores_match_objective(toy_run):
-    "Scores computed by the stage equal what the search's objective gives for the same configuration."
-    run, s = toy_run
-    from asr_kd_nb.search import dry_run_scorer
-    score = dry_run_scorer(run, 1.0, None)
-    cs = pd.read_csv(run/'report'/'common_scores.csv', index_col=0)
-    assert cs.shape[0] == s['common_set']['configurations'] >= 5
-    for label, row in cs.iterrows():
-        hp = {n: (int(row[n]) if n not in ('dropout', 'learning_rate') else float(row[n])) for n in HPARAMS}
-        expect = score(hp, lambda i, v: None)['gmean']
-        for f in s['fractions']:
-            if not math.isnan(row[f]): assert math.isclose(row[f], expect, rel_tol=1e-9), (label, f)
-    full = load_trials(run, 1.0)
-    assert [l for l, _ in common_configs(full, 3)] == list(cs.index)
-
-
-def test_rerun_reuses_scores(toy_run):
-    run, s = toy_run
-    again = datasize_stage(run, progress=False)
-    assert again['common_set']['trained_now'] == 0 and again['long_runs']['trained_here'] == 0
-    assert again['per_fraction'] == json.loads(json.dumps(s['per_fraction']))
+def test_rerun_trains_nothing(toy_run):
+    run, s = toy_run['run'], toy_run['summary']
+    again = datasize_stage(run)
+    assert again['trainings']['from_earlier_runs'] == again['trainings']['planned']
+    assert again['per_fraction'] == s['per_fraction']
 
 
 def test_headline(toy_run):
-    run, s = toy_run
+    run, s = toy_run['run'], toy_run['summary']
     text = headline(run)
-    assert str((run/'report').resolve()) in text.splitlines()[0]
+    assert str((run/'report').resolve()) in text.splitlines()[0] and 'noise ceiling' in text
     rows = [l for l in text.splitlines() if re.match(r'\s*\d+ %', l)]
-    assert [r.split()[0] for r in rows] == ['100', '50', '30']
-    assert f"{s['per_fraction']['0.3']['best_cer']:.3f}" in rows[2]
+    assert [r.split()[0] for r in rows] == ['100', '50']
 
 
 def _png(seed=0) -> bytes:
@@ -160,7 +202,7 @@ def _loaded_images(page: Path) -> tuple[int, int]:
 
 @pytest.mark.skipif(CHROMIUM is None, reason='Debian chromium is not installed')
 def test_html_report_figures_load_in_chromium(toy_run):
-    run, _ = toy_run
+    run = toy_run['run']
     nbdir = run/'notebooks'; nbdir.mkdir(exist_ok=True)
     (nbdir/'figure.png').write_bytes(_png(1))
     for i, name in enumerate(('00_corpus', '06_search-frac-0.30', '06_search-frac-1.00', '07_datasize')):

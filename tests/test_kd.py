@@ -74,7 +74,7 @@ def test_ctc_term():
 
 
 def test_independent_protocol_is_deterministic(toy, splits):
-    kd = KDConfig(steps=12, seeds=[3, 7])
+    kd = KDConfig(budget="steps", steps=12, seeds=[3, 7])
     a = run_protocol(HP, toy, splits, kd, splits['train'])
     b = run_protocol(HP, toy, splits, kd, splits['train'])
     assert a['cers'] == b['cers'] and a['gmean'] == b['gmean']       # bit for bit on the CPU
@@ -110,20 +110,20 @@ def test_nan_loss_raises_training_diverged():
 
 def test_report_called_per_seed_and_pruning_propagates(toy, splits):
     seen = []
-    res = run_protocol(HP, toy, splits, KDConfig(steps=5, seeds=[1, 2, 3]), splits['train'], report=lambda i, v: seen.append((i, v)))
+    res = run_protocol(HP, toy, splits, KDConfig(budget="steps", steps=5, seeds=[1, 2, 3]), splits['train'], report=lambda i, v: seen.append((i, v)))
     assert [i for i, _ in seen] == [0, 1, 2] and seen[-1][1] == pytest.approx(res['gmean'])
 
     class Pruned(Exception): pass
     calls = []
     def prune(i, v): calls.append(i); raise Pruned()
     with pytest.raises(Pruned):
-        run_protocol(HP, toy, splits, KDConfig(steps=5, seeds=[1, 2, 3]), splits['train'], report=prune)
+        run_protocol(HP, toy, splits, KDConfig(budget="steps", steps=5, seeds=[1, 2, 3]), splits['train'], report=prune)
     assert calls == [0]                                               # stopped after the first seed
 
 
 def test_paper_protocol(toy, splits):
     hist = []
-    res = run_protocol(HP, toy, splits, KDConfig(steps=6, seeds=[42, 24], protocol='paper'), splits['train'], history=hist)
+    res = run_protocol(HP, toy, splits, KDConfig(budget="steps", steps=6, seeds=[42, 24], protocol='paper'), splits['train'], history=hist)
     assert list(res['cers']) == ['seed-42/cluster-0', 'seed-24/cluster-1']   # seed k paired with fold k
     assert res['steps'] == 12 and hist[0]['student'] is hist[1]['student']    # one student trained on across folds
 
@@ -132,3 +132,20 @@ def test_config_validation():
     with pytest.raises(ValueError, match="kd.protocol='x'"): KDConfig(protocol='x').validate()
     with pytest.raises(ValueError, match='temperature must be 1'): KDConfig(loss='paper', temperature=2).validate()
     with pytest.raises(ValueError, match='kd.seeds is empty'): KDConfig(seeds=[]).validate()
+
+def test_epoch_budget_steps_follow_the_data(toy):
+    "Epochs -> steps: half the training ids give half the steps; a larger batch fewer; every utterance seen `epochs` times."
+    from asr_kd_nb.kd import epoch_steps
+    splits = {'test_folds': {'c0': toy.ids[30:35]}}
+    kd = KDConfig(epochs=2.0, seeds=[1])
+    full, half = (run_protocol(HP, toy, splits, kd, toy.ids[:n]) for n in (30, 15))
+    assert (full['steps'], half['steps']) == (2 * epoch_steps(30, HP.minibatch_size), 2 * epoch_steps(15, HP.minibatch_size))
+    assert (full['utterances'], half['utterances']) == (60, 30) and full['cpu_s'] > 0
+    big = run_protocol(replace(HP, minibatch_size=2 * HP.minibatch_size), toy, splits, kd, toy.ids[:30])
+    assert big['steps'] < full['steps'] and big['utterances'] == 60
+
+def test_paper_preset_is_the_original_objective():
+    from asr_kd_nb.config import section_preset
+    kd = section_preset(KDConfig, 'paper').validate()
+    assert (kd.loss, kd.protocol, kd.budget, kd.epochs, kd.seeds) == ('paper', 'paper', 'epochs', 1.0, [42, 24, 0, 98])
+    assert section_preset(KDConfig, 'default').loss == 'correct' and section_preset(KDConfig, 'default').budget == 'epochs'

@@ -64,3 +64,27 @@ def test_paper_preset_offline_stops_fast_with_instructions(tmp_path):
     assert 'bond005/sberdevices_golos_10h_crowd' in r.stderr and 'corpus.hf_dataset' in r.stderr and '--config' in r.stderr
     for key in ('corpus.ood_dataset', 'clustering.xvector_model', 'teacher.source'): assert key in r.stderr
     assert '--repo-type dataset' in r.stderr
+
+def test_smoke_report_can_tell(smoke_run):
+    "Issue 10's checks on the smoke run: replicate searches, CPU cost, regret and rank agreement with intervals and the ceiling."
+    import pandas as pd
+    from asr_kd_nb.rundir import read_trials, finished_studies
+    d = smoke_run['dir']
+    s = json.loads((d/'report'/'summary.json').read_text())
+    for f, p in s['per_fraction'].items():
+        for k in ('cost_ratio', 'replicates', 'regret', 'regret_ci', 'noise_ceiling', 'spearman_rho', 'spearman_ci'): assert k in p, (f, k)
+        assert p['replicates'] >= 2 and p['cost_ratio'] > 0
+        if p['regret'] is not None: assert p['regret_ci'][0] <= p['regret'] <= p['regret_ci'][1]
+    studies = finished_studies(d)
+    assert studies == {'1.0': [0, 1], '0.5': [0, 1]}
+    trials = {(f, r): read_trials(d, f, r) for f, rs in studies.items() for r in rs}
+    for t in trials.values(): assert {'steps', 'cpu_s'} <= set(t.columns) and t.cpu_s.notna().all()
+    # budgets follow the data: median steps of complete trials at 50 % are about half those at 100 % for the same batch sizes
+    done = {f: pd.concat([t for (g, _), t in trials.items() if g == f]).query("state == 'COMPLETE'") for f in ('1.0', '0.5')}
+    both = set(done['1.0'].minibatch_size) & set(done['0.5'].minibatch_size)
+    ratios = [done['0.5'][done['0.5'].minibatch_size == b].steps.median() / done['1.0'][done['1.0'].minibatch_size == b].steps.median()
+              for b in both]
+    assert ratios and all(0.35 <= r <= 0.65 for r in ratios), ratios
+    # the first trial after the enqueued ones differs between studies (independent sampler paths)
+    first = {k: tuple(t[t.enqueued == ''].iloc[0][['learning_rate', 'dropout']]) for k, t in trials.items() if (t.enqueued == '').any()}
+    assert len(set(first.values())) == len(first) >= 2, first

@@ -8,7 +8,8 @@ import pytest
 import optuna
 from optuna.trial import TrialState
 from asr_kd_nb.config import study_config, save_config
-from asr_kd_nb.search import default_storage, study_name, storage_url
+from asr_kd_nb.search import default_storage, study_name, storage_url, sampler_seed, SearchConfig
+from asr_kd_nb.rundir import study_dir
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = 'import sys; from asr_kd_nb.search import worker_main; sys.exit(worker_main())'
@@ -98,9 +99,9 @@ def test_resume_after_kill(tmp_path):
     assert dead.state == TrialState.FAIL and 'reason' not in dead.user_attrs   # failed by the heartbeat, not by an exception
     retries = [t for t in done if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == victim]
     assert len(retries) == 1 and retries[0].params == dead.params
-    df = pd.read_csv(run/'search'/'frac-1.00'/'trials.csv')
+    df = pd.read_csv(study_dir(run, 1.0, 0)/'trials.csv')
     assert (df.state == 'COMPLETE').sum() == n and df.loc[df.number == retries[0].number, 'retried_from'].item() == victim
-    assert (run/'search'/'frac-1.00'/'best.json').exists()
+    assert (study_dir(run, 1.0, 0)/'best.json').exists()
 
 
 def test_three_workers_one_sqlite_study(tmp_path):
@@ -114,7 +115,7 @@ def test_three_workers_one_sqlite_study(tmp_path):
     study = load(url)
     check_exactly_n(study, n, workers_min=2)
     assert len(study.trials) == n                                        # no failed or surplus trials either
-    assert len(pd.read_csv(run/'search'/'frac-1.00'/'trials.csv')) == n
+    assert len(pd.read_csv(study_dir(run, 1.0, 0)/'trials.csv')) == n
 
 
 def _postgres_bins() -> bool:
@@ -147,5 +148,44 @@ def test_two_workers_postgresql(tmp_path, postgres_url):
     check_exactly_n(study, n, workers_min=2)
     assert len(study.trials) == n
     assert not (run/'search'/'studies.db').exists()                       # the study really lived in PostgreSQL
-    best = pd.read_json(run/'search'/'frac-1.00'/'best.json', typ='series')
+    best = pd.read_json(study_dir(run, 1.0, 0)/'best.json', typ='series')
     assert best['storage'].startswith('postgresql') and best['counts']['COMPLETE'] == n
+
+
+def test_replicate_seeds_differ():
+    "Every (fraction, replicate) study has its own sampler path; the paired design shares one across fractions."
+    seeds = {(f, r): [sampler_seed(0, f, r, n) for n in range(5)] for f in (1.0, 0.7, 0.5, 0.3) for r in range(3)}
+    assert len({tuple(v) for v in seeds.values()}) == len(seeds)
+    assert sampler_seed(0, 1.0, 2, 7, paired=True) == sampler_seed(0, 0.3, 2, 7, paired=True) != sampler_seed(0, 0.3, 1, 7, paired=True)
+
+
+def test_two_replicate_studies_sample_differently(tmp_path):
+    "The first trial after the enqueued paper configurations differs between replicates and between fractions."
+    from asr_kd_nb.config import write_json
+    from asr_kd_nb.search import search_worker
+    from asr_kd_nb.rundir import read_trials
+    run = make_run(tmp_path/'run', 5, replicates=2)
+    write_json(run/'splits.json', {'train': ['a', 'b'], 'fractions': {'1.0': ['a', 'b'], '0.5': ['a']}, 'test_folds': {}})
+    os.environ['ASR_KD_DRY_RUN_SECONDS'] = '0'
+    firsts = []
+    for f, r in ((1.0, 0), (1.0, 1), (0.5, 0)):
+        search_worker(run, f, objective='asr_kd_nb.search:dry_run_scorer', replicate=r)
+        t = read_trials(run, f, r)
+        firsts.append(tuple(t[t.enqueued == ''].iloc[0][['learning_rate', 'dropout']]))
+    assert len(set(firsts)) == 3, firsts
+    with pytest.raises(ValueError, match='search.replicates=2'): search_worker(run, 1.0, objective='asr_kd_nb.search:dry_run_scorer', replicate=2)
+
+
+def test_paper_preset_is_the_original_search():
+    from asr_kd_nb.config import section_preset, study_config
+    from asr_kd_nb.pipeline import available_stages
+    available_stages()
+    cfg = study_config('paper')
+    assert (cfg.search.n_trials, cfg.search.replicates, cfg.search.enqueue_paper, cfg.search.pruner) == (50, 1, False, 'none')
+    assert (cfg.kd.loss, cfg.kd.protocol, cfg.kd.budget, cfg.kd.epochs, cfg.kd.seeds) == ('paper', 'paper', 'epochs', 1.0, [42, 24, 0, 98])
+    assert cfg.clustering.relabel_by_size is False and (cfg.clustering.algorithm, cfg.clustering.k) == ('birch', 10)
+    assert (cfg.splits.test_clusters, cfg.splits.train_clusters) == ([0, 1, 3, 9], [2, 4, 5, 6, 7, 8])
+    assert cfg.teacher.max_minutes == 0                                   # the budget is steps, not wall-clock minutes
+    d, f = study_config('default'), study_config('full')
+    assert d.search.replicates >= 2 and d.kd.loss == 'correct' and d.kd.budget == 'epochs' and d.search.enqueue_paper
+    assert f.search.replicates >= 3 and f.search.n_trials >= 30 and f.datasize.panel_size >= 24
