@@ -20,7 +20,7 @@ from .conformer import StudentHParams, PAPER_BEST
 from .kd import TrainingDiverged, train_student, evaluate_fold, geometric_mean, run_parallel, budget_steps
 from .search import (HPARAMS, parse_space, suggest_hparams, load_scorer_factory, storage_url, default_storage,
                               open_storage, paper_trials, hparams_from_params)
-from .report import (LEARNED_CER, PAPER_CONCLUSION, pct, conclusion_text, plot_ood_curves, plot_panel, plot_regret_cost,
+from .report import (LEARNED_CER, PAPER_CONCLUSION, pct, conclusion_text, run_card, plot_ood_curves, plot_panel, plot_regret_cost,
                               plot_importances)
 
 # %% auto #0
@@ -415,6 +415,7 @@ def datasize_stage(run_dir, # run directory with the search stage done for fract
                'plateau': summarise_plateau(searches, results, dc), 'budget': asdict(cfg.kd) | {'search_steps': cfg.search.steps},
                'interval_widths': _widths(per), 'trainings': {'planned': len(jobs), 'from_earlier_runs': before,
                'cpu_s': round(sum((r or {}).get('cpu_s', 0) for r in results.values()), 1)}, 'bootstrap': dc.bootstrap}
+    summary['card'] = run_card(run_dir)
     summary['cost_prediction'] = predict_costs(searches, cfg, len(fraction_ids(run_dir, 1.0)))
     summary['conclusion'] = conclusion_text(_clean(summary), dc.learned_cer)
     summary['figures'] = write_report(run_dir, summary, panel_table, curves, searches, cfg)

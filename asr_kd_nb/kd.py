@@ -22,7 +22,7 @@ from .rundir import read_splits, fraction_ids
 __all__ = ['log', 'LOSS_MODES', 'PROTOCOLS', 'BUDGETS', 'CER_FLOOR', 'TrainingDiverged', 'KDConfig', 'valid_mask', 'kd_loss',
            'length_buckets', 'epoch_steps', 'budget_steps', 'char_ids', 'encode_text', 'collate', 'TrainResult',
            'train_student', 'transcribe', 'evaluate_fold', 'geometric_mean', 'run_protocol', 'available_cores',
-           'run_parallel', 'baseline_student']
+           'run_parallel', 'baseline_student', 'real_time_factor']
 
 # %% ../nbs/05_kd.ipynb #c005
 log = logging.getLogger(__name__)
@@ -367,3 +367,16 @@ def baseline_student(run_dir, # run directory with splits.json and the teacher c
     res = run_protocol(hp, cache, read_splits(run_dir), kd_cfg, fraction_ids(run_dir, 1.0), device, history=history, seeds=[seed])
     for h in history: h['student'] = {k: v.cpu() for k, v in h['student'].state_dict().items()}
     return {**res, 'history': history, 'threads': torch.get_num_threads()}
+
+# %% ../nbs/05_kd.ipynb #c040s
+def real_time_factor(fn:Callable, # transcribes a list of 16 kHz waveforms
+                     waves:list, # 16 kHz mono float32 waveforms
+                     sr:int=16000, repeats:int=3) -> float:
+    "Median wall seconds of `fn(waves)` over `repeats` runs, per second of audio."
+    audio_s = sum(len(w) for w in waves) / sr
+    if audio_s <= 0: raise ValueError('no audio to time')
+    fn(waves[:1])                                   # warm-up (allocations, first-call overheads)
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter(); fn(waves); ts.append(time.perf_counter() - t)
+    return float(np.median(ts)) / audio_s

@@ -13,8 +13,8 @@ from .rundir import run_path, split_frac_label
 
 # %% auto #0
 __all__ = ['log', 'LEARNED_CER', 'PAPER_CONCLUSION', 'PAPER_RANGE', 'pct', 'regret_verdict', 'rank_verdict', 'conclusion_text',
-           'save_figure', 'plot_ood_curves', 'plot_panel', 'plot_regret_cost', 'plot_importances', 'headline',
-           'render_html_report']
+           'save_figure', 'plot_ood_curves', 'plot_panel', 'plot_regret_cost', 'plot_importances', 'run_card',
+           'card_text', 'headline', 'render_html_report']
 
 # %% ../nbs/07a_report.ipynb #c005
 log = logging.getLogger(__name__)
@@ -177,6 +177,50 @@ def plot_importances(imp:pd.DataFrame, # rows: hyperparameters; columns: fractio
     ax.legend(title='search on'); ax.grid(axis='x', alpha=0.3)
     return save_figure(fig, path)
 
+# %% ../nbs/07a_report.ipynb #c015d
+def _get(d:dict, *keys, default=None):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d: return default
+        d = d[k]
+    return d
+
+def _read_opt(run_dir, name:str) -> dict:
+    p = run_path(run_dir, name)
+    return read_json(p) if p.exists() else {}
+
+# %% ../nbs/07a_report.ipynb #c015f
+def run_card(run_dir) -> dict:
+    "Corpus, teacher, student and compute of a run, read from its files (missing parts are None)."
+    run_dir = Path(run_dir); cfg = _read_opt(run_dir, 'config'); corpus = _read_opt(run_dir, 'corpus_report')
+    teacher = _read_opt(run_dir, 'teacher_json'); base = _read_opt(run_dir, 'kd_baseline'); cache = _read_opt(run_dir, 'cache_index')
+    stats, ood = corpus.get('stats', {}), corpus.get('ood_stats', {})
+    audio_s = 3600 * ((stats.get('hours') or 0) + (ood.get('hours') or 0))
+    timings = _read_opt(run_dir, 'timings')
+    return {'corpus': {'source': _get(cfg, 'corpus', 'source'), 'utterances': stats.get('utterances'), 'speakers': stats.get('speakers'),
+                       'hours': stats.get('hours'), 'ood_utterances': ood.get('utterances'), 'sample_rate': 16000},
+            'teacher': {'architecture': _get(teacher, 'identity', 'architecture'), 'parameters': teacher.get('parameters'),
+                        'cer': _get(teacher, 'cer', 'test (pooled)'), 'wer': _get(teacher, 'wer', 'test (pooled)'),
+                        'ood_cer': _get(teacher, 'cer', 'ood'), 'device': teacher.get('device'),
+                        'rtf': round(cache['build_s'] / audio_s, 5) if cache.get('build_s') and audio_s else None},
+            'student': {'summary': base.get('summary'), 'parameters': base.get('parameters'), 'cer': base.get('gmean'),
+                        'wer': base.get('wer'), 'rtf': base.get('rtf'), 'kept_in': base.get('student_dir')},
+            'compute': {'stage_s': timings.get('total_s'), 'device': cfg.get('device'), 'preset': cfg.get('preset')}}
+
+# %% ../nbs/07a_report.ipynb #c015h
+def card_text(card:dict) -> str:
+    "The card as three Markdown lines."
+    f = lambda v, fmt='{:.3f}': '–' if v is None else fmt.format(v)
+    c, t, s, m = card['corpus'], card['teacher'], card['student'], card['compute']
+    src = {'espeak': 'synthetic eSpeak NG speech', 'hf': 'Hugging Face dataset', 'nemo': 'NeMo manifest'}.get(c['source'], c['source'])
+    return '\n'.join([
+        f"- **Corpus**: {src}, {f(c['utterances'], '{:,}')} utterances of {f(c['speakers'], '{}')} speakers ({f(c['hours'], '{:.2f}')} h, "
+        f"{c['sample_rate'] // 1000} kHz), {f(c['ood_utterances'], '{:,}')} out-of-domain utterances.",
+        f"- **Teacher**: {t['architecture'] or '–'}, {f(t['parameters'], '{:,}')} parameters, CER {f(t['cer'])} / WER {f(t['wer'])} on the "
+        f"held-out clusters (out-of-domain CER {f(t['ood_cer'])}), real-time factor {f(t['rtf'], '{:.4f}')} on {t['device'] or '–'}.",
+        f"- **Student** (KD baseline, kept in `{s['kept_in'] or '–'}`): {s['summary'] or '–'}, {f(s['parameters'], '{:,}')} parameters, "
+        f"CER {f(s['cer'])} / WER {f(s['wer'])}; the run spent {f(m['stage_s'] and m['stage_s'] / 60, '{:.0f}')} min of stage time "
+        f"({m['preset'] or '–'} preset, device {m['device'] or '–'})."])
+
 # %% ../nbs/07a_report.ipynb #c017
 def headline(run_dir) -> str:
     "A few lines of headline numbers from `report/summary.json`."
@@ -196,6 +240,7 @@ def headline(run_dir) -> str:
         lines.append(f'{pct(f):>9}  {f3(q.get("best_cer")):>8}  {rg:>26}  {rho:>20}  {q.get("replicates", 0):>2}  '
                      f'{q.get("cpu_hours") or 0:>6.3f}  {f3(q.get("cost_ratio"), "{:.0%}"):>5}')
     lines.append(s['conclusion'])
+    if s.get('card'): lines.append(card_text(s['card']))
     return '\n'.join(lines)
 
 # %% ../nbs/07a_report.ipynb #c018

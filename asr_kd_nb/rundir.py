@@ -16,7 +16,8 @@ __all__ = ['RUN_PATHS', 'run_path', 'frac_key', 'frac_label', 'split_frac_label'
 # %% ../nbs/00_rundir.ipynb #c006
 RUN_PATHS = {'config': 'config.json', 'corpus': 'corpus', 'manifest': 'corpus/manifest.jsonl', 'corpus_report': 'corpus/report.json',
              'clustering': 'clustering', 'splits': 'splits.json', 'teacher': 'teacher', 'cache': 'cache', 'kd': 'kd',
-             'search': 'search', 'report': 'report', 'notebooks': 'notebooks', 'stages': 'stages.json', 'timings': 'timings.json'}
+             'search': 'search', 'report': 'report', 'notebooks': 'notebooks', 'stages': 'stages.json', 'timings': 'timings.json',
+             'teacher_json': 'teacher/teacher.json', 'cache_index': 'cache/index.json', 'kd_baseline': 'kd/baseline.json'}
 
 def run_path(run_dir, # the run directory
              what:str, # one of `RUN_PATHS`
