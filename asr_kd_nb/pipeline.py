@@ -12,7 +12,7 @@ from .config import (PRESETS, StudyConfig, study_config, save_config, read_json,
                               config_from_dict, _SECTIONS, validate_config, apply_hub_mode, check_device,
                               PROGRESS_ENV, report_progress)
 from typing import Callable
-from .rundir import frac_label, study_key, stage_notebook, RUN_PATHS
+from .rundir import frac_label, study_key, stage_notebook, RUN_PATHS, run_path
 
 # %% auto #0
 __all__ = ['STAGES', 'KERNEL', 'log', 'PUBLISHED', 'LAB_HOOK', 'Stage', 'nbs_dir', 'available_stages', 'stage_fingerprint',
@@ -298,11 +298,20 @@ def build_config(preset:str|None, config_file:str|None) -> StudyConfig:
 # %% ../nbs/08_pipeline.ipynb #c022
 PUBLISHED = ['report/*.png', 'clustering/umap.png', 'teacher/cer.png', 'kd/baseline.png', f'search/{study_key(1.0, 0)}/history.png']
 
-def publish_results(run_dir, dest=None) -> Path:
-    "Copy a finished run's figures, `report/summary.json` and timings into `nbs/images/` with provenance."
+def _shown_path(p:Path) -> str:
+    "`p` relative to the repository when inside it (as a user types it), else absolute."
+    rel = os.path.relpath(p, nbs_dir().parent)
+    return str(p) if rel.startswith('..') else rel
+
+def publish_results(run_dir, dest=None, force:bool=False) -> Path:
+    "Copy a finished run's figures, `report/summary.json` and timings into `nbs/images/` with provenance (a smoke run only with `force`)."
     import shutil, subprocess, glob
     run_dir = Path(run_dir).resolve(); dest = Path(dest or nbs_dir()/'images')
     if not (run_dir/'report'/'summary.json').exists(): raise FileNotFoundError(f'{run_dir}/report/summary.json is missing: finish the run first')
+    preset = read_json(run_dir/'config.json').get('preset')
+    if preset == 'smoke' and not force:
+        raise ValueError(f'{run_dir} is a smoke run (students that barely learn, minutes of compute): publishing it would replace the '
+                         'README\'s results with it; publish a default or full run, or pass --force')
     if dest.exists(): shutil.rmtree(dest)
     dest.mkdir(parents=True)
     files = []
@@ -315,7 +324,7 @@ def publish_results(run_dir, dest=None) -> Path:
     except OSError: commit = ''
     write_json(dest/'results.json', {'summary': read_json(run_dir/'report'/'summary.json'),
         'timings': read_json(run_dir/'timings.json'), 'preset': cfg['preset'], 'figures': files, 'git_commit': commit,
-        'command': f"asr-kd run --preset {cfg['preset']} --run-dir {run_dir.name}",
+        'command': f"asr-kd run --preset {cfg['preset']} --run-dir {_shown_path(run_dir)}",
         'date': datetime.fromtimestamp((run_dir/'report'/'summary.json').stat().st_mtime, timezone.utc).strftime('%Y-%m-%d %H:%M UTC')})
     return dest
 
@@ -369,7 +378,7 @@ def run_headline(run_dir) -> dict:
          'teacher CER (ood)': (t.get('cer') or {}).get('ood'),
          'teacher WER (test)': _pooled(t.get('wer') or {}),
          'student parameters': kd.get('parameters'), 'student CER (baseline)': kd.get('gmean'), 'student WER (baseline)': kd.get('wer')}
-    for b in sorted(d.glob('search/frac-*/best.json')):
+    for b in sorted(run_path(d, 'search').glob('*/best.json')):   # one folder per study (see `study_key`)
         best = (read_json(b).get('best') or {})
         h[f'best CER, {b.parent.name}'] = best.get('gmean_cer')
     h['stage time (min)'] = round(tim['total_s'] / 60, 1) if 'total_s' in tim else None
@@ -466,6 +475,7 @@ def _parser() -> argparse.ArgumentParser:
                        description='Replace nbs/images/ with the figures, report/summary.json and timings of a finished run, with '
                        'its provenance (preset, command, commit, date); then `asr-kd readme` regenerates README.md from them.')
     u.add_argument('--run-dir', required=True, help='a finished run directory (with report/summary.json)')
+    u.add_argument('--force', action='store_true', help='publish even a smoke run')
     m = sub.add_parser('readme', help='write README.md from nbs/index.ipynb',
                        description='Execute nbs/index.ipynb and write README.md from it (cells flagged `echo: false` show only '
                        'their output); with --check, only tell whether README.md is up to date.')
@@ -511,8 +521,9 @@ def main(argv:list|None=None) -> int:
             _say(f'done in {t["last_invocation_s"]:.0f} s (study total {t["total_s"]:.0f} s); results in {Path(a.run_dir).resolve()}')
             rep = Path(a.run_dir)/'report'/'summary.json'
             if rep.exists():
-                from asr_kd_nb.report import headline
+                from asr_kd_nb.report import headline, render_html_report
                 _say(headline(a.run_dir))
+                _say(f'HTML report (open in a browser): {render_html_report(a.run_dir)}')
             return 0
         if a.cmd == 'transcribe':
             from asr_kd_nb.conformer import transcribe_files
@@ -530,7 +541,7 @@ def main(argv:list|None=None) -> int:
             from asr_kd_nb.bench import bench_main
             bench_main(a.what, a.run_dir, a.device, a.workers); return 0
         if a.cmd == 'publish':
-            _say(f'published to {publish_results(a.run_dir)}; now run `asr-kd readme`'); return 0
+            _say(f'published to {publish_results(a.run_dir, force=a.force)}; now run `asr-kd readme`'); return 0
         if a.cmd == 'readme':
             same = write_readme(a.check)
             if a.check and not same: _say('asr-kd: README.md is out of date with nbs/index.ipynb; run `asr-kd readme`')
