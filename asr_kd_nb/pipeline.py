@@ -296,7 +296,8 @@ def build_config(preset:str|None, config_file:str|None) -> StudyConfig:
     return validate_config(cfg)
 
 # %% ../nbs/08_pipeline.ipynb #c022
-PUBLISHED = ['report/*.png', 'clustering/umap.png', 'teacher/cer.png', 'kd/baseline.png', f'search/{study_key(1.0, 0)}/history.png']
+PUBLISHED = ['report/*.png', 'strategies/*.png', 'clustering/umap.png', 'teacher/cer.png', 'kd/baseline.png',
+             f'search/{study_key(1.0, 0)}/history.png']
 
 def _shown_path(p:Path) -> str:
     "`p` relative to the repository when inside it (as a user types it), else absolute."
@@ -322,7 +323,9 @@ def publish_results(run_dir, dest=None, force:bool=False) -> Path:
     cfg = read_json(run_dir/'config.json')
     try: commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=nbs_dir()).stdout.strip()
     except OSError: commit = ''
+    strat = run_dir/'strategies'/'summary.json'
     write_json(dest/'results.json', {'summary': read_json(run_dir/'report'/'summary.json'),
+        'strategies': read_json(strat) if strat.exists() else None,
         'timings': read_json(run_dir/'timings.json'), 'preset': cfg['preset'], 'figures': files, 'git_commit': commit,
         'command': f"asr-kd run --preset {cfg['preset']} --run-dir {_shown_path(run_dir)}",
         'date': datetime.fromtimestamp((run_dir/'report'/'summary.json').stat().st_mtime, timezone.utc).strftime('%Y-%m-%d %H:%M UTC')})
