@@ -12,9 +12,10 @@ from .config import read_json
 from .rundir import run_path, split_frac_label
 
 # %% auto #0
-__all__ = ['log', 'LEARNED_CER', 'PAPER_CONCLUSION', 'PAPER_RANGE', 'pct', 'regret_verdict', 'rank_verdict', 'conclusion_text',
-           'save_figure', 'plot_ood_curves', 'plot_panel', 'plot_regret_cost', 'plot_importances', 'run_card',
-           'card_text', 'headline', 'render_html_report']
+__all__ = ['log', 'LEARNED_CER', 'PAPER_CONCLUSION', 'PAPER_RANGE', 'FIGURE_CAPTIONS', 'pct', 'regret_verdict', 'rank_verdict',
+           'conclusion_text', 'save_figure', 'plot_ood_curves', 'plot_panel', 'plot_regret_cost', 'plot_importances',
+           'run_card', 'card_text', 'headline', 'figure_caption', 'results_first', 'toc_cell', 'offline_html',
+           'headline_html', 'render_html_report']
 
 # %% ../nbs/07a_report.ipynb #c005
 log = logging.getLogger(__name__)
@@ -137,6 +138,8 @@ def plot_panel(panel:pd.DataFrame, # rows: panel configurations; columns: fracti
     fig, axs = plt.subplots(1, max(1, len(fr)), figsize=(3.3 * max(1, len(fr)), 3.3), squeeze=False)
     for ax, f in zip(axs.flat, fr):
         ax.scatter(100 * panel['1.0'], 100 * panel[f], s=18)
+        ax.axline((0, 0), slope=1, color='0.6', lw=1, ls='--', label='y = x (same CER)')
+        ax.legend(loc='upper left', fontsize='small', frameon=False)
         p = per.get(f, {}); ci = p.get('spearman_ci') or [float('nan')] * 2
         ax.set(xlabel='CER on 100 % (%)', ylabel=f'CER on {pct(f)} (%)',
                title=f'{pct(f)}: ρ = {p.get("spearman_rho", float("nan")):.2f} [{ci[0]:.2f}, {ci[1]:.2f}]')
@@ -243,6 +246,64 @@ def headline(run_dir) -> str:
     if s.get('card'): lines.append(card_text(s['card']))
     return '\n'.join(lines)
 
+# %% ../nbs/07a_report.ipynb #c018b
+FIGURE_CAPTIONS = {
+    'panel.png': "Rank agreement: each panel configuration's CER after training on a smaller fraction (y) against its CER on 100 % of "
+                 "the data (x), mean over seeds; points on the dashed y = x line would mean the fraction changes nothing.",
+    'regret_cost.png': "What a smaller search costs and saves: the regret of each replicate search's best configuration (retrained on "
+                       "100 % of the data) against the CPU-hours that search spent; the band is the noise ceiling of two 100 % searches.",
+    'ood_curves.png': "The paper's figure with real curves: each fraction's best configurations trained longer on the full data, CER on "
+                      "the out-of-domain set against training epochs (mean over replicates, band = range).",
+    'importances.png': "Which hyperparameters the searches found important (Optuna's importance estimate per fraction).",
+    'anytime_regret.png': "Strategies at equal compute: regret of the configuration each strategy would return against cumulative CPU-hours.",
+    'pareto.png': "Smaller students: CER against parameters and CPU inference time; the front is what no other student beats on both.",
+}
+
+def figure_caption(name:str) -> str:
+    "What figure `name` shows (its file name when no caption is known)."
+    return FIGURE_CAPTIONS.get(Path(name).name, Path(name).stem.replace('_', ' '))
+
+# %% ../nbs/07a_report.ipynb #c018d
+def results_first(nb):
+    "Reorder an executed stage notebook: title and summary, then its run part (from the `parameters` cell), then the code and tests."
+    import nbformat
+    cells = nb.cells
+    par = next((i for i, c in enumerate(cells) if 'parameters' in c.metadata.get('tags', [])), None)
+    title = next((i for i, c in enumerate(cells) if c.cell_type == 'markdown' and c.source.startswith('# ')), None)
+    if par is None or title is None or title > par: return nb
+    start = par - 1 if cells[par - 1].cell_type == 'markdown' else par
+    end = next((i for i in range(title, start) if cells[i].cell_type == 'code'), start)   # the intro: title and prose up to the first code
+    note = nbformat.v4.new_markdown_cell("## How it works\nThe chapter's code and its tests on tiny data, as in the notebook.")
+    nb.cells = cells[title:end] + cells[start:] + [note] + cells[:title] + cells[end:start]
+    return nb
+
+def toc_cell(nb):
+    "A Markdown cell listing the notebook's level-2 headings as links (nbconvert's heading anchors)."
+    import nbformat, re
+    hs = [m[1].strip() for c in nb.cells if c.cell_type == 'markdown' for m in re.finditer(r'^##\s+(.+)$', c.source, re.M)]
+    return nbformat.v4.new_markdown_cell('**Contents**: ' + ' · '.join(f'[{h}](#{h.replace(" ", "-")})' for h in hs)) if hs else None
+
+# %% ../nbs/07a_report.ipynb #c018f
+def offline_html(body:str) -> str:
+    "Drop the scripts nbconvert's template loads from a CDN (MathJax, require.js): the pages render offline."
+    return re.sub(r'<script[^>]*\bsrc="https?://[^"]*"[^>]*>\s*</script>', '', body)
+
+def headline_html(summary:dict) -> str:
+    "The headline as HTML: the fractions' table, the noise ceiling, the conclusion and the run card."
+    f3 = lambda v, fmt='{:.3f}': '–' if v is None else fmt.format(v)
+    ci = lambda v, fmt: f'[{f3((v or [None, None])[0], fmt)}, {f3((v or [None, None])[1], fmt)}]'
+    rows = ''.join(f"<tr><td>{pct(f)}</td><td>{q.get('replicates')}</td><td>{f3(q.get('best_cer'))}</td><td>{f3(q.get('cost_ratio'), '{:.0%}')}</td>"
+                   f"<td>{f3(q.get('regret'), '{:+.3f}')} {ci(q.get('regret_ci'), '{:+.3f}')}</td>"
+                   f"<td>{f3(q.get('spearman_rho'), '{:.2f}')} {ci(q.get('spearman_ci'), '{:.2f}')}</td></tr>"
+                   for f, q in ((f, summary['per_fraction'][f]) for f in summary.get('fractions', [])))
+    c = summary.get('noise_ceiling') or {}
+    card = ''.join(f'<li>{html.escape(l[2:])}</li>' for l in card_text(summary['card']).splitlines()) if summary.get('card') else ''
+    return ('<table><tr><th>search on</th><th>replicates</th><th>best CER</th><th>cost vs 100 %</th><th>regret on 100 % [95 % CI]</th>'
+            f'<th>panel ρ vs 100 % [95 % CI]</th></tr>{rows}</table>\n'
+            f"<p>Noise ceiling (two searches on the same 100 % data): regret {f3(c.get('regret'), '{:+.3f}')} {ci(c.get('regret_ci'), '{:+.3f}')}, "
+            f"seed-vs-seed ρ {f3(c.get('spearman_rho'), '{:.2f}')} {ci(c.get('spearman_ci'), '{:.2f}')}.</p>\n"
+            f"<p>{html.escape(summary.get('conclusion', ''))}</p>\n" + (f'<ul>{card}</ul>\n' if card else ''))
+
 # %% ../nbs/07a_report.ipynb #c018
 def _notebook_order(p:Path):
     stem, f = split_frac_label(p.stem)
@@ -270,18 +331,22 @@ def render_html_report(run_dir, # run directory with notebooks/ (executed by `as
     for p in nbs:
         nb = nbformat.read(p, as_version=4)
         nb.cells = [c for c in nb.cells if not (c.cell_type == 'code' and c.source.lstrip().startswith('#| hide'))]
+        nb = results_first(nb)
+        toc = toc_cell(nb)
+        if toc is not None: nb.cells.insert(next((i for i, c in enumerate(nb.cells) if c.cell_type == 'code'), 1), toc)
         title = _title(nb) or p.stem
         body, _ = ex.from_notebook_node(nb, resources={'metadata': {'name': title, 'path': str(p.parent)}})
-        (out/f'{p.stem}.html').write_text(body, encoding='utf-8')
+        (out/f'{p.stem}.html').write_text(offline_html(body), encoding='utf-8')
         pages.append((p.stem, title))
-    head = headline(run_dir) if (rep/'summary.json').exists() else 'no report/summary.json yet (stage 07_datasize has not run)'
+    head = (headline_html(read_json(rep/'summary.json')) if (rep/'summary.json').exists()
+            else '<p>No report/summary.json yet (stage 07_datasize has not run).</p>')
     figs = ''.join(f'<figure><img alt="{html.escape(f.name)}" src="data:image/png;base64,{base64.b64encode(f.read_bytes()).decode()}">'
-                   f'<figcaption>{html.escape(f.name)}</figcaption></figure>\n' for f in sorted(rep.glob('*.png')))
+                   f'<figcaption>{html.escape(figure_caption(f.name))}</figcaption></figure>\n' for f in sorted(rep.glob('*.png')))
     links = ''.join(f'<li><a href="{html.escape(s)}.html">{html.escape(s)}</a> — {html.escape(t)}</li>\n' for s, t in pages)
     index = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>asr_kd_nb report: {html.escape(run_dir.name)}'
              f'</title>\n<style>body{{font-family:sans-serif;max-width:980px;margin:2em auto;padding:0 1em}}pre{{background:#f6f6f6;'
              f'padding:1em;overflow-x:auto;white-space:pre-wrap}}img{{max-width:100%}}figure{{margin:1.5em 0}}</style></head>\n'
-             f'<body><h1>asr_kd_nb — run {html.escape(run_dir.name)}</h1>\n<pre>{html.escape(head)}</pre>\n'
+             f'<body><h1>asr_kd_nb — run {html.escape(run_dir.name)}</h1>\n<h2>Results</h2>\n{head}'
              f'<h2>Executed notebooks, in stage order</h2>\n<ol>\n{links}</ol>\n<h2>Report figures</h2>\n{figs}</body></html>\n')
     (out/'index.html').write_text(index, encoding='utf-8')
     return out/'index.html'
