@@ -221,6 +221,7 @@ def test_html_report_figures_load_in_chromium(toy_run):
         assert uris, f'no embedded figure in {page.name}'
         assert all(base64.b64decode(u)[:8] == PNG_MAGIC for u in uris)
         assert 'hidden_cell' not in text
+        assert not re.search(r'<script[^>]*src="https?://', text), f'{page.name} loads a script from the network'
         total, ok = _loaded_images(page)
         assert total >= len(uris) and ok == total, (page.name, total, ok)
     # a broken figure is detected by the same check
