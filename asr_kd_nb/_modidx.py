@@ -252,6 +252,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'asr_kd_nb.kd.available_cores': ('kd.html#available_cores', 'asr_kd_nb/kd.py'),
                               'asr_kd_nb.kd.baseline_student': ('kd.html#baseline_student', 'asr_kd_nb/kd.py'),
                               'asr_kd_nb.kd.budget_steps': ('kd.html#budget_steps', 'asr_kd_nb/kd.py'),
+                              'asr_kd_nb.kd.cer_by_group': ('kd.html#cer_by_group', 'asr_kd_nb/kd.py'),
                               'asr_kd_nb.kd.char_ids': ('kd.html#char_ids', 'asr_kd_nb/kd.py'),
                               'asr_kd_nb.kd.collate': ('kd.html#collate', 'asr_kd_nb/kd.py'),
                               'asr_kd_nb.kd.encode_text': ('kd.html#encode_text', 'asr_kd_nb/kd.py'),

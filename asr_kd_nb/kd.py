@@ -10,7 +10,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 from typing import Callable, ClassVar
-import numpy as np, torch
+import numpy as np, pandas as pd, torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .config import config_section, derive_seed, read_json, write_json, resolve_device, report_progress
@@ -22,7 +22,7 @@ from .rundir import read_splits, fraction_ids
 __all__ = ['log', 'LOSS_MODES', 'PROTOCOLS', 'BUDGETS', 'CER_FLOOR', 'TrainingDiverged', 'KDConfig', 'valid_mask', 'kd_loss',
            'length_buckets', 'epoch_steps', 'budget_steps', 'char_ids', 'encode_text', 'collate', 'TrainResult',
            'train_student', 'transcribe', 'evaluate_fold', 'geometric_mean', 'run_protocol', 'available_cores',
-           'run_parallel', 'baseline_student', 'real_time_factor']
+           'run_parallel', 'baseline_student', 'cer_by_group', 'real_time_factor']
 
 # %% ../nbs/05_kd.ipynb #c005
 log = logging.getLogger(__name__)
@@ -367,6 +367,17 @@ def baseline_student(run_dir, # run directory with splits.json and the teacher c
     res = run_protocol(hp, cache, read_splits(run_dir), kd_cfg, fraction_ids(run_dir, 1.0), device, history=history, seeds=[seed])
     for h in history: h['student'] = {k: v.cpu() for k, v in h['student'].state_dict().items()}
     return {**res, 'history': history, 'threads': torch.get_num_threads()}
+
+# %% ../nbs/05_kd.ipynb #c040v
+def cer_by_group(refs:list, # reference transcripts
+                 hyps:list, # hypotheses, same order
+                 groups:list, # a group label per utterance (fold, speaker, ...)
+                ) -> pd.DataFrame:
+    "CER (over each group's characters), utterances and characters per group, worst group first."
+    df = pd.DataFrame({'ref': refs, 'hyp': hyps, 'group': groups})
+    rows = [{'group': g, 'cer': cer(d.ref.tolist(), d.hyp.tolist()), 'utterances': len(d), 'characters': int(d.ref.str.len().sum())}
+            for g, d in df.groupby('group', sort=False)]
+    return pd.DataFrame(rows).sort_values('cer', ascending=False).set_index('group')
 
 # %% ../nbs/05_kd.ipynb #c040s
 def real_time_factor(fn:Callable, # transcribes a list of 16 kHz waveforms
