@@ -165,6 +165,7 @@ def ood_curve(hp:StudentHParams, # configuration (in this run's space)
               epochs:float, # length in epochs over `train_ids`
               points:int, # CER points (equal chunks)
               device:str='cpu',
+              keep=None, # if given, the trained student is saved there (`save_student`), to be used later
              ) -> list[dict]:
     "Train one student for `epochs` epochs, scoring CER on `eval_ids` after each of `points` chunks: [{step, epoch, cer, loss}]."
     steps = budget_steps(replace(kd_cfg, budget='epochs', epochs=epochs), len(train_ids), hp.minibatch_size)
@@ -178,6 +179,10 @@ def ood_curve(hp:StudentHParams, # configuration (in this run's space)
         student, opt, done, k = r.student, r.optimizer, done + n, k + 1
         c, _ = evaluate_fold(student, cache, eval_ids, kd_cfg.eval_batch_size, device)
         out.append({'step': done, 'epoch': round(done / per_epoch, 3), 'cer': float(c), 'loss': float(np.mean(r.losses))})
+    if keep is not None and student is not None and out:
+        from asr_kd_nb.conformer import save_student
+        save_student(student, cache.vocab, cache.blank_id, keep, {'source': 'data-size stage: a search best, trained long on 100 %',
+                     'epochs': out[-1]['epoch'], 'eval_cer': out[-1]['cer'], 'seed': seed, 'summary': hp.summary()})
     return out
 
 def curve_job(run_dir, hp:dict, seed:int, epochs:float, points:int) -> dict:
@@ -187,8 +192,8 @@ def curve_job(run_dir, hp:dict, seed:int, epochs:float, points:int) -> dict:
     name, ids = ('out-of-domain', list(cache.ids[cache.n_main:])) if getattr(cache, 'n_ood', 0) else \
                 ('test folds', [u for v in test_folds(run_dir).values() for u in v])
     pts = ood_curve(StudentHParams(**hp), cache, fraction_ids(run_dir, 1.0), ids, cfg.kd.validate(), seed, epochs, points,
-                    resolve_device(cfg.device))
-    return {'points': pts, 'eval_set': name, 'eval_utterances': len(ids), 'cpu_s': round(time.process_time() - c0, 3)}
+                    resolve_device(cfg.device), keep=run_path(run_dir, 'report')/'students'/config_hash(hp))
+    return {'points': pts, 'student_dir': str(Path('report')/'students'/config_hash(hp)), 'eval_set': name, 'eval_utterances': len(ids), 'cpu_s': round(time.process_time() - c0, 3)}
 
 def run_job(run_dir, job:dict) -> dict:
     "Run one job: {'kind': 'score', 'hp', 'fraction', 'seed', 'scale'} or {'kind': 'curve', 'hp', 'seed', 'epochs', 'points'}."
