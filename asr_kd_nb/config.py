@@ -295,6 +295,7 @@ def download_advice(repo_id:str, config_key:str, repo_type:str='model', revision
     return (f'Download it on a machine with hub access with {how}, copy DIR here, and set {config_key} to DIR in a config file '
             f'passed with `asr-kd run --config FILE` (or copy the Hugging Face cache, ~/.cache/huggingface/hub, and set HF_HUB_OFFLINE=1).')
 
+# %% ../nbs/00_config.ipynb #h14a25
 def resolve_source(id_or_path:str, # hub id (`owner/name`) or local directory/file
                    what:str, # what it is, for messages ('teacher model', 'dataset', ...)
                    config_key:str, # the config key that names it, e.g. 'teacher.source'
