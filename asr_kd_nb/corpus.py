@@ -90,6 +90,7 @@ def write_manifest(utts:Iterable[Utterance], path) -> Path:
     os.replace(tmp, path)
     return path
 
+# %% ../nbs/00_corpus.ipynb #h14a81
 def read_manifest(path) -> list[Utterance]:
     "Utterances of a manifest written by `write_manifest`, with absolute audio paths."
     path = Path(path); root = path.parent.resolve(); out = []
@@ -164,6 +165,7 @@ def decode_audio(src, # path, raw bytes, or a file-like object
         x = torchaudio.functional.resample(torch.from_numpy(x), in_sr, sr).numpy()
     return np.ascontiguousarray(x, dtype=np.float32)
 
+# %% ../nbs/00_corpus.ipynb #h14a84
 def check_duration(x:np.ndarray, min_s:float=0.2, max_s:float=20.0, name:str='', sr:int=SAMPLE_RATE) -> float:
     "Duration of `x` in seconds; `RejectedAudio` when outside [min_s, max_s]."
     d = len(x) / sr
@@ -181,6 +183,7 @@ def _audio_name(uid:str) -> str:
     clean = re.sub(r'[^\w.-]', '_', uid).lstrip('.')
     return f'{clean}-{hashlib.sha256(uid.encode()).hexdigest()[:8]}.wav'
 
+# %% ../nbs/00_corpus.ipynb #h14a87
 def ingest(candidates:Iterable[dict], # dicts with id, audio (path or bytes), text, speaker, source
            audio_dir, # where accepted 16 kHz wavs are written
            min_duration:float=0.2, max_duration:float=20.0, # seconds
@@ -223,6 +226,7 @@ def load_hf_dataset(id_or_path:str, config_key:str='corpus.hf_dataset'):
     if not p.is_dir(): raise ValueError(f'{config_key}={id_or_path!r} is a file; give a dataset directory (save_to_disk or hub snapshot) or a hub id')
     return datasets.load_dataset(src)   # a snapshot directory (parquet/arrow/csv files, README.md split metadata)
 
+# %% ../nbs/00_corpus.ipynb #h14a89
 def hf_candidates(id_or_path:str, # hub id, `save_to_disk` directory (Dataset or DatasetDict) or hub snapshot directory
                   splits:list=('train', 'test', 'validation'), # splits to concatenate, in order
                   config_key:str='corpus.hf_dataset'):
@@ -407,6 +411,7 @@ def corpus_candidates(cfg:CorpusConfig, ood:bool=False, exclude:set=frozenset())
     if cfg.source == 'nemo': return nemo_candidates(cfg.nemo_manifest)
     raise ValueError(f'unknown corpus.source {cfg.source!r}; use embedded, hf or nemo')
 
+# %% ../nbs/00_corpus.ipynb #h14a93
 def build_corpus(cfg:CorpusConfig, run_dir) -> dict:
     "Make the corpus stage's files in `run_dir/corpus`; returns the report."
     out = Path(run_dir)/'corpus'
