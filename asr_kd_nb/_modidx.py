@@ -378,6 +378,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'asr_kd_nb.splits.SplitsConfig.__post_init__': ( 'splits.html#splitsconfig.__post_init__',
                                                                                    'asr_kd_nb/splits.py'),
                                   'asr_kd_nb.splits.check_splits': ('splits.html#check_splits', 'asr_kd_nb/splits.py'),
+                                  'asr_kd_nb.splits.choose_folds': ('splits.html#choose_folds', 'asr_kd_nb/splits.py'),
                                   'asr_kd_nb.splits.clusters_needed': ('splits.html#clusters_needed', 'asr_kd_nb/splits.py'),
                                   'asr_kd_nb.splits.enough_clusters': ('splits.html#enough_clusters', 'asr_kd_nb/splits.py'),
                                   'asr_kd_nb.splits.fold_name': ('splits.html#fold_name', 'asr_kd_nb/splits.py'),
