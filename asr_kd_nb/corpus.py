@@ -261,6 +261,7 @@ def _nemo_line_problem(d) -> str|None:
     if d.get('speaker') is not None and not isinstance(d['speaker'], (str, int)): return f'speaker {d.get("speaker")!r} is not a string'
     return None
 
+# %% ../nbs/00_corpus.ipynb #h14a98
 def nemo_candidates(path):
     "Candidates from a NeMo-style JSON-lines manifest: (total, iterator)."
     path = Path(path)
@@ -322,6 +323,7 @@ _OOD_SLOTS = {
 _OOD_TEMPLATES = ['{adj} {noun} {verb} {place}', '{who} {act} {time2}', '{time2} {who} {act} {place}',
                   'этот {noun} {verb} {time2}', '{who} говорит что {noun} {verb} {place}']
 
+# %% ../nbs/00_corpus.ipynb #h14a9a
 def _expand(template:str, slots:dict, rng:np.random.Generator) -> str:
     "Fill each `{slot}` of `template` with a random choice."
     return re.sub(r'\{(\w+)\}', lambda m: rng.choice(slots[m.group(1)].split('|')), template)
