@@ -77,6 +77,7 @@ class Utterance:
     speaker: str|None = None  # true speaker when known (embedded corpus), else None
     source: str = ''        # where it came from ('embedded', 'hf:train', 'nemo', ...)
 
+# %% ../nbs/00_corpus.ipynb #h14aa0
 def write_manifest(utts:Iterable[Utterance], path) -> Path:
     "Write utterances as JSON lines; audio paths under the manifest's folder become relative."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,6 +131,7 @@ class RejectedAudio(ValueError):
         self.reason, self.detail = reason, detail
         super().__init__(f'{reason}: {detail}' if detail else reason)
 
+# %% ../nbs/00_corpus.ipynb #h14a9c
 def _wav_truncated(head:bytes, size:int) -> bool:
     "Whether a RIFF/WAVE file declares more data bytes than it holds."
     if head[:4] != b'RIFF' or head[8:12] != b'WAVE': return False
@@ -354,6 +356,7 @@ class Voice:
     rate: int
     def args(self): return ['-v', f'ru+{self.variant}', '-p', str(self.pitch), '-s', str(self.rate)]
 
+# %% ../nbs/00_corpus.ipynb #h14a9e
 def make_voices(n:int, seed:int, variants:list=MAIN_VARIANTS, prefix:str='spk') -> list[Voice]:
     "`n` distinct voices: variants cycled, pitch and rate drawn from the seed, pitch bands kept apart per variant."
     if n < 1: raise ValueError(f'need at least one speaker, got n={n}')
