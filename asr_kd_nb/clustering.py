@@ -221,7 +221,7 @@ def condensed_distances(X:np.ndarray, # points (rows)
             out[pos:pos + m] = D[i - s, i - s + 1:]; pos += m
     return out
 
-# %% ../nbs/01_clustering.ipynb #h14a90
+# %% ../nbs/01_clustering.ipynb #h14c90
 def cut_tree(Z:np.ndarray, # scipy linkage matrix of n points
              k:int, # number of clusters
             ) -> np.ndarray:
@@ -245,7 +245,7 @@ def _nearest(X:np.ndarray, C:np.ndarray, block:int=4096) -> np.ndarray:
         out[rest] = np.concatenate([np.argmin(cc[None] - 2 * X[rest[s:s + block]] @ C.T, axis=1) for s in range(0, len(rest), block)])
     return out
 
-# %% ../nbs/01_clustering.ipynb #h14a92
+# %% ../nbs/01_clustering.ipynb #h14c92
 def birch_labels(X:np.ndarray, # points
                  ks:list, # cluster counts to cut the global tree at
                  threshold:float=0.44, # subcluster radius threshold
@@ -454,7 +454,7 @@ def exact_knn(X:np.ndarray, k:int=15, block:int=2048) -> tuple[np.ndarray, np.nd
         idx[s:s + block] = np.take_along_axis(p, o, 1); dist[s:s + block] = np.sqrt(np.maximum(np.take_along_axis(dd, o, 1), 0))
     return idx, dist
 
-# %% ../nbs/01_clustering.ipynb #h14a94
+# %% ../nbs/01_clustering.ipynb #h14c94
 def umap_2d(X:np.ndarray, # embeddings
             seed:int=0, # UMAP and sample seed
             max_points:int=5000, # seeded sample above this size (0 = all)
