@@ -8,18 +8,67 @@ from __future__ import annotations
 import contextlib, functools, logging, time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 import numpy as np
 from tqdm.auto import tqdm
-from .config import config_section, write_json, read_json, resolve_source, derive_seed, resolve_device, load_config, require, config_source
+from .config import (config_section, write_json, read_json, resolve_source, derive_seed, resolve_device, load_config,
+                              require, config_source, save_figure, torch_threads)
 from .corpus import read_manifest, decode_audio, SAMPLE_RATE
 
 # %% auto #0
-__all__ = ['log', 'ALGORITHMS', 'ClusteringConfig', 'mfcc_statistics', 'standardise_rows', 'l2_normalise', 'embed_xvectors',
-           'torch_threads', 'embed_utterances', 'condensed_distances', 'cut_tree', 'birch_labels',
-           'silhouette_from_distances', 'row_name', 'clustering_grid', 'relabel_by_size', 'silhouette_sample_distances',
+__all__ = ['CLUSTERERS', 'EMBEDDERS', 'ALGORITHMS', 'log', 'Clusterer', 'register_clusterer', 'ClusteringConfig',
+           'mfcc_statistics', 'standardise_rows', 'l2_normalise', 'embed_xvectors', 'embed_mfcc', 'embed_utterances',
+           'condensed_distances', 'cut_tree', 'birch_labels', 'silhouette_from_distances', 'row_name',
+           'clustering_grid', 'relabel_by_size', 'silhouette_sample_distances', 'sweep_families', 'score_row',
            'sweep_clusterings', 'chosen_spec', 'choose_row', 'check_chosen', 'exact_knn', 'umap_2d', 'plot_umap',
-           'plot_silhouettes', 'write_labels', 'read_labels', 'cluster_stage', 'synthetic_speaker_vectors']
+           'plot_silhouettes', 'write_labels', 'read_labels', 'stage_embeddings', 'chosen_record', 'umap_colourings',
+           'draw_clustering', 'cluster_stage', 'synthetic_speaker_vectors']
+
+# %% ../nbs/01_clustering.ipynb #h14a42
+@dataclass(frozen=True)
+class Clusterer:
+    "A clustering algorithm of the sweep: its grid, its chosen row, how a family of rows is fitted, its row name and its fix."
+    grid: Callable     # ClusteringConfig -> [params], each with 'k'
+    spec: Callable     # (ClusteringConfig, k) -> params of the configured choice
+    family: Callable   # params -> key of the rows fitted together
+    fit: Callable      # (X, [params of one family], seed) -> [(params, labels, seconds)]
+    label: Callable    # params -> row name, e.g. 'birch-t0.44-k10'
+    fix: Callable      # sweep row -> what to change when it found too few clusters
+    check: Callable = lambda p: None  # params -> why they cannot be used (None = fine)
+    cost: int = 0      # families of costlier algorithms are fitted first
+    pictured: bool = False  # draw its chosen row in the UMAP figure
+
+CLUSTERERS: dict[str, Clusterer] = {}
+EMBEDDERS: dict[str, Callable] = {}   # name -> (utterances, ClusteringConfig, device) -> L2-normalised rows
+
+def register_clusterer(name:str, c:Clusterer) -> Clusterer:
+    "Make `c` available as `clustering.algorithm=name` and in the sweep."
+    CLUSTERERS[name] = c
+    return c
+
+# %% ../nbs/01_clustering.ipynb #h14a44
+register_clusterer('kmeans', Clusterer(
+    grid=lambda cfg: [{'init': i, 'k': k} for i in cfg.kmeans_inits for k in cfg.kmeans_k],
+    spec=lambda cfg, k: {'init': cfg.init, 'k': k}, family=lambda p: (p['init'], p['k']),
+    fit=lambda X, ps, seed: _fit_kmeans(X, ps, seed), label=lambda p: f"kmeans-{p['init']}-k{p['k']}",
+    fix=lambda r: 'change clustering.init or clustering.k', cost=0, pictured=True,
+    check=lambda p: None if p['init'] in ('k-means++', 'random') else f"K-Means init must be k-means++ or random, got {p['init']!r}"))
+register_clusterer('birch', Clusterer(
+    grid=lambda cfg: [{'threshold': float(t), 'k': k} for t in cfg.birch_thresholds for k in cfg.birch_k],
+    spec=lambda cfg, k: {'threshold': float(cfg.threshold), 'k': k}, family=lambda p: p['threshold'],
+    fit=lambda X, ps, seed: _fit_birch(X, ps), label=lambda p: f"birch-t{p['threshold']:g}-k{p['k']}",
+    fix=lambda r: f'lower clustering.threshold (Birch left {r.get("subclusters", "?")} subclusters at threshold {r["params"].get("threshold")})',
+    check=lambda p: None if p['threshold'] > 0 else f"Birch threshold must be > 0, got {p['threshold']}", cost=1, pictured=True))
+register_clusterer('agglomerative', Clusterer(
+    grid=lambda cfg: [{'metric': 'cosine', 'linkage': 'average', 'k': k} for k in cfg.agglomerative_k],
+    spec=lambda cfg, k: {'metric': 'cosine', 'linkage': 'average', 'k': k}, family=lambda p: (p['metric'], p['linkage']),
+    fit=lambda X, ps, seed: _fit_agglomerative(X, ps), label=lambda p: f"agglomerative-{p['metric']}-{p['linkage']}-k{p['k']}",
+    fix=lambda r: 'change clustering.k', cost=2))
+ALGORITHMS = tuple(CLUSTERERS)
+
+EMBEDDERS['mfcc'] = lambda utts, cfg, device: embed_mfcc(utts, cfg)
+EMBEDDERS['xvector'] = lambda utts, cfg, device: embed_xvectors([decode_audio(u.audio_filepath) for u in utts], cfg.xvector_model,
+                                                                cfg.xvector_revision, cfg.batch_size, device)
 
 # %% ../nbs/01_clustering.ipynb #c005
 log = logging.getLogger(__name__)
@@ -28,7 +77,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class ClusteringConfig:
     "Speaker embedder, the clustering sweep, and how the clustering used by the splits is chosen."
-    embedder: str = 'mfcc'          # 'mfcc' (offline MFCC statistics) or 'xvector' (transformers Wav2Vec2ForXVector)
+    embedder: str = 'mfcc'          # a name in `EMBEDDERS`: 'mfcc' (offline MFCC statistics) or 'xvector' (Wav2Vec2ForXVector)
     xvector_model: str = 'anton-l/wav2vec2-base-superb-sv'  # hub id or local directory, for embedder='xvector'
     xvector_revision: str|None = None  # hub revision (commit/tag) of `xvector_model`; None = the hub's default
     batch_size: int = 8             # utterances per x-vector forward pass
@@ -41,7 +90,7 @@ class ClusteringConfig:
     agglomerative_k: list = field(default_factory=lambda: [8])        # agglomerative (cosine, average) cluster counts
     silhouette_sample: int = 10000  # silhouette on a seeded sample of this many points when there are more
     choose: str = 'speakers'        # 'config' (algorithm/k/threshold/init below), 'silhouette' (best row), 'speakers' (k = true speakers)
-    algorithm: str = 'birch'        # 'birch', 'kmeans' or 'agglomerative', for choose='config'/'speakers'
+    algorithm: str = 'birch'        # a name in `CLUSTERERS` ('birch', 'kmeans', 'agglomerative'), for choose='config'/'speakers'
     k: int = 10                     # cluster count, for choose='config'
     threshold: float = 0.44         # Birch threshold, for algorithm='birch'
     init: str = 'k-means++'         # K-Means init, for algorithm='kmeans'
@@ -60,8 +109,8 @@ class ClusteringConfig:
     }
 
     def __post_init__(self):
-        for k, ok in (('embedder', ('mfcc', 'xvector')), ('choose', ('config', 'silhouette', 'speakers')),
-                      ('algorithm', ('kmeans', 'birch', 'agglomerative')), ('init', ('k-means++', 'random'))):
+        for k, ok in (('embedder', tuple(EMBEDDERS)), ('choose', ('config', 'silhouette', 'speakers')),
+                      ('algorithm', tuple(CLUSTERERS)), ('init', ('k-means++', 'random'))):
             require(getattr(self, k) in ok, f'clustering.{k}', getattr(self, k), f'one of {ok}')
         require(self.k >= 2, 'clustering.k', self.k, 'an integer >= 2')
         require(self.threshold > 0, 'clustering.threshold', self.threshold, 'a Birch radius > 0')
@@ -97,6 +146,7 @@ def mfcc_statistics(wave:np.ndarray, # 16 kHz mono float32
         if keep.sum() >= 2: f = f[:, :n][:, keep]
     return torch.cat([f.mean(1), f.std(1)]).numpy()
 
+# %% ../nbs/01_clustering.ipynb #h14a75
 def standardise_rows(X:np.ndarray) -> np.ndarray:
     "Standardise each column of `X` over the rows, then scale each row to unit L2 norm."
     X = (X - X.mean(0)) / (X.std(0) + 1e-8)
@@ -115,9 +165,9 @@ def embed_xvectors(waves:list, # 16 kHz mono float32 arrays
                    device:str='cpu', # torch device
                   ) -> np.ndarray:
     "L2-normalised x-vectors of `waves` (rows in input order) from a `Wav2Vec2ForXVector` model."
+    if batch_size < 1: raise ValueError(f'batch_size must be >= 1, got {batch_size}')
     import torch
     from transformers import AutoFeatureExtractor, Wav2Vec2ForXVector
-    if batch_size < 1: raise ValueError(f'batch_size must be >= 1, got {batch_size}')
     kind, src = resolve_source(source, 'x-vector model', 'clustering.xvector_model')
     kw = {'revision': revision} if kind == 'hub' and revision else {}
     fe = AutoFeatureExtractor.from_pretrained(src, **kw)
@@ -133,28 +183,23 @@ def embed_xvectors(waves:list, # 16 kHz mono float32 arrays
     return l2_normalise(out)
 
 # %% ../nbs/01_clustering.ipynb #c013
-@contextlib.contextmanager
-def torch_threads(n:int):
-    "Run the block with `n` torch threads (per-utterance MFCCs are too small to share: one thread is ~100x faster on a busy machine)."
-    import torch
-    old = torch.get_num_threads(); torch.set_num_threads(n)
-    try: yield
-    finally: torch.set_num_threads(old)
+def embed_mfcc(utts:list, # `Utterance`s of the manifest
+               cfg:ClusteringConfig, # n_mfcc, vad_db
+              ) -> np.ndarray:
+    "Standardised, L2-normalised MFCC statistics of `utts` (rows in manifest order)."
+    with torch_threads(1):   # per-utterance MFCCs are too small to share: one thread is ~100x faster on a busy machine
+        X = np.stack([mfcc_statistics(decode_audio(u.audio_filepath), cfg.n_mfcc, cfg.vad_db)
+                      for u in tqdm(utts, desc='MFCC statistics', mininterval=2)])
+    return standardise_rows(X)
 
+# %% ../nbs/01_clustering.ipynb #h14a47
 def embed_utterances(utts:list, # `Utterance`s of the manifest
                      cfg:ClusteringConfig, # embedder settings
                      device:str='cpu', # torch device for x-vectors
                     ) -> np.ndarray:
-    "Speaker embeddings of `utts` (rows in manifest order, L2-normalised) with the configured embedder."
-    if cfg.embedder == 'mfcc':
-        with torch_threads(1):
-            X = np.stack([mfcc_statistics(decode_audio(u.audio_filepath), cfg.n_mfcc, cfg.vad_db)
-                          for u in tqdm(utts, desc='MFCC statistics', mininterval=2)])
-        return standardise_rows(X)
-    if cfg.embedder == 'xvector':
-        return embed_xvectors([decode_audio(u.audio_filepath) for u in utts], cfg.xvector_model, cfg.xvector_revision,
-                              cfg.batch_size, device)
-    raise ValueError(f'unknown clustering.embedder {cfg.embedder!r}; use mfcc or xvector')
+    "Speaker embeddings of `utts` (rows in manifest order, L2-normalised) with the embedder `cfg.embedder` of `EMBEDDERS`."
+    if cfg.embedder not in EMBEDDERS: raise ValueError(f'unknown clustering.embedder {cfg.embedder!r}; use one of {tuple(EMBEDDERS)}')
+    return EMBEDDERS[cfg.embedder](utts, cfg, device)
 
 # %% ../nbs/01_clustering.ipynb #c015
 def condensed_distances(X:np.ndarray, # points (rows)
@@ -177,6 +222,7 @@ def condensed_distances(X:np.ndarray, # points (rows)
             out[pos:pos + m] = D[i - s, i - s + 1:]; pos += m
     return out
 
+# %% ../nbs/01_clustering.ipynb #h14c90
 def cut_tree(Z:np.ndarray, # scipy linkage matrix of n points
              k:int, # number of clusters
             ) -> np.ndarray:
@@ -200,6 +246,7 @@ def _nearest(X:np.ndarray, C:np.ndarray, block:int=4096) -> np.ndarray:
         out[rest] = np.concatenate([np.argmin(cc[None] - 2 * X[rest[s:s + block]] @ C.T, axis=1) for s in range(0, len(rest), block)])
     return out
 
+# %% ../nbs/01_clustering.ipynb #h14c92
 def birch_labels(X:np.ndarray, # points
                  ks:list, # cluster counts to cut the global tree at
                  threshold:float=0.44, # subcluster radius threshold
@@ -237,52 +284,46 @@ def silhouette_from_distances(D:np.ndarray, # square distance matrix
     return float(s.mean())
 
 # %% ../nbs/01_clustering.ipynb #c024
-ALGORITHMS = ('kmeans', 'birch', 'agglomerative')
-
 def row_name(algorithm:str, params:dict) -> str:
     "Short unique name of a sweep row, e.g. 'birch-t0.44-k10'."
-    if algorithm == 'kmeans': return f"kmeans-{params['init']}-k{params['k']}"
-    if algorithm == 'birch': return f"birch-t{params['threshold']:g}-k{params['k']}"
-    if algorithm == 'agglomerative': return f"agglomerative-cosine-average-k{params['k']}"
-    raise ValueError(f'unknown clustering algorithm {algorithm!r}; use one of {ALGORITHMS}')
+    if algorithm not in CLUSTERERS: raise ValueError(f'unknown clustering algorithm {algorithm!r}; use one of {tuple(CLUSTERERS)}')
+    return CLUSTERERS[algorithm].label(params)
 
+# %% ../nbs/01_clustering.ipynb #h14a50
 def clustering_grid(cfg:ClusteringConfig, # sweep settings
                     n_points:int, # number of utterances
                     extra:list=(), # (algorithm, params) rows that must be included (the chosen clustering)
                    ) -> list[tuple[str, dict]]:
-    "(algorithm, params) rows of the sweep, checked against the number of utterances."
-    rows = [('kmeans', {'init': i, 'k': k}) for i in cfg.kmeans_inits for k in cfg.kmeans_k]
-    rows += [('birch', {'threshold': float(t), 'k': k}) for t in cfg.birch_thresholds for k in cfg.birch_k]
-    rows += [('agglomerative', {'metric': 'cosine', 'linkage': 'average', 'k': k}) for k in cfg.agglomerative_k]
-    for a, p in extra:
-        if row_name(a, p) not in {row_name(*r) for r in rows}: rows.append((a, p))
+    "(algorithm, params) rows of the sweep, from every registered algorithm, checked against the number of utterances."
+    rows = [(a, p) for a, c in CLUSTERERS.items() for p in c.grid(cfg)]
+    rows += [(a, p) for a, p in extra if row_name(a, p) not in {row_name(*r) for r in rows}]
     for a, p in rows:
-        name = row_name(a, p)
+        name, why = row_name(a, p), CLUSTERERS[a].check(p)
         if not isinstance(p['k'], int) or p['k'] < 2: raise ValueError(f'{name}: k must be an integer >= 2, got {p["k"]!r}')
         if p['k'] > n_points: raise ValueError(f'{name}: k={p["k"]} is larger than the number of utterances ({n_points})')
-        if a == 'kmeans' and p['init'] not in ('k-means++', 'random'):
-            raise ValueError(f'{name}: K-Means init must be k-means++ or random, got {p["init"]!r}')
-        if a == 'birch' and not p['threshold'] > 0: raise ValueError(f'{name}: Birch threshold must be > 0, got {p["threshold"]}')
+        if why: raise ValueError(f'{name}: {why}')
     if not rows: raise ValueError('the clustering sweep is empty; set clustering.kmeans_k, birch_k or agglomerative_k')
     return rows
 
 # %% ../nbs/01_clustering.ipynb #c026
-def _fit_family(X, family:str, key, ks:list, seed:int) -> list[tuple[str, dict, np.ndarray, float]]:
-    "Fit one family of rows (one K-Means row, one Birch threshold, or the agglomerative tree) -> (algorithm, params, labels, seconds)."
-    if family == 'kmeans':
-        from sklearn.cluster import MiniBatchKMeans
-        t0 = time.perf_counter()
-        lab = MiniBatchKMeans(ks[0], init=key, n_init='auto', random_state=seed).fit_predict(X)
-        return [('kmeans', {'init': key, 'k': ks[0]}, lab, time.perf_counter() - t0)]
-    if family == 'birch':
-        labs, shared, nsub = birch_labels(X, ks, key)
-        return [('birch', {'threshold': key, 'k': k, 'subclusters': nsub}, labs[k], shared) for k in ks]
+def _fit_kmeans(X, ps:list, seed:int) -> list:
+    from sklearn.cluster import MiniBatchKMeans
+    (p,) = ps; t0 = time.perf_counter()
+    lab = MiniBatchKMeans(p['k'], init=p['init'], n_init='auto', random_state=derive_seed(seed, 'kmeans', p['init'], p['k'])).fit_predict(X)
+    return [(p, lab, time.perf_counter() - t0)]
+
+def _fit_birch(X, ps:list) -> list:
+    labs, shared, nsub = birch_labels(X, [p['k'] for p in ps], ps[0]['threshold'])
+    return [({**p, 'subclusters': nsub}, labs[p['k']], shared) for p in ps]
+
+def _fit_agglomerative(X, ps:list) -> list:
     from scipy.cluster.hierarchy import linkage
     t0 = time.perf_counter()
-    Z = linkage(condensed_distances(X, 'cosine'), 'average')
+    Z = linkage(condensed_distances(X, ps[0]['metric']), ps[0]['linkage'])
     shared = time.perf_counter() - t0
-    return [('agglomerative', {'metric': 'cosine', 'linkage': 'average', 'k': k}, cut_tree(Z, k), shared) for k in ks]
+    return [(p, cut_tree(Z, p['k']), shared) for p in ps]
 
+# %% ../nbs/01_clustering.ipynb #h14a52
 def relabel_by_size(labels:np.ndarray) -> np.ndarray:
     "Renumber clusters 0, 1, ... from the largest to the smallest (ties: first appearance)."
     u, first, inv, cnt = np.unique(labels, return_index=True, return_inverse=True, return_counts=True)
@@ -304,6 +345,33 @@ def silhouette_sample_distances(X:np.ndarray, # points
     np.fill_diagonal(D, 0)
     return idx, D
 
+# %% ../nbs/01_clustering.ipynb #h14a54
+def sweep_families(grid:list, # (algorithm, params) rows
+                  ) -> dict:
+    "{(algorithm, family key): [params]}: rows fitted together (one tree), costliest algorithm first."
+    fams = {}
+    for a, p in grid: fams.setdefault((a, CLUSTERERS[a].family(p)), []).append(p)
+    return dict(sorted(fams.items(), key=lambda kv: -CLUSTERERS[kv[0][0]].cost))
+
+# %% ../nbs/01_clustering.ipynb #h14a56
+def score_row(algorithm:str, params:dict, labels:np.ndarray, seconds:float, # a fitted row
+              D:np.ndarray, idx:np.ndarray, # silhouette sample: distances and the rows they belong to
+              speakers:list|None=None, # true speaker per row, when every one is known
+              relabel:bool=True, # renumber clusters largest first (False: the algorithm's own ids)
+             ) -> tuple[dict, np.ndarray]:
+    "(sweep row: silhouette, fit time, cluster sizes, ARI/NMI against `speakers`; labels renumbered by size unless `relabel` is False)."
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+    lab = relabel_by_size(labels) if relabel else np.asarray(labels); sizes = np.bincount(lab)
+    row = {'name': row_name(algorithm, params), 'algorithm': algorithm, 'params': {k: v for k, v in params.items() if k != 'subclusters'},
+           'k': int(len(sizes)), 'silhouette': round(silhouette_from_distances(D, lab[idx]), 4), 'silhouette_points': int(len(idx)),
+           'fit_s': round(seconds, 3), 'min_size': int(sizes.min()), 'max_size': int(sizes.max())}
+    if 'subclusters' in params: row['subclusters'] = params['subclusters']
+    if speakers is not None:
+        row['ari'] = round(float(adjusted_rand_score(speakers, lab)), 4)
+        row['nmi'] = round(float(normalized_mutual_info_score(speakers, lab)), 4)
+    return row, lab
+
+# %% ../nbs/01_clustering.ipynb #h14a58
 def sweep_clusterings(X:np.ndarray, # embeddings (rows = utterances)
                       grid:list, # (algorithm, params) rows from `clustering_grid`
                       speakers:list|None=None, # true speaker per row, when known
@@ -314,42 +382,23 @@ def sweep_clusterings(X:np.ndarray, # embeddings (rows = utterances)
                      ) -> tuple[list[dict], dict]:
     "Fit and score every row of `grid`: (rows with silhouette, fit time, ARI/NMI, sizes; {row name: labels})."
     from joblib import Parallel, delayed
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-    X = np.asarray(X)
-    fams = {}
-    for a, p in grid:
-        key = (a, p['init'], p['k']) if a == 'kmeans' else (a, p.get('threshold'))
-        fams.setdefault(key, []).append(p['k'])
-    order = sorted(fams, key=lambda key: {'agglomerative': 0, 'birch': 1, 'kmeans': 2}[key[0]])   # longest first
-    jobs = [delayed(_fit_family)(X, key[0], key[1], fams[key], derive_seed(seed, 'kmeans', key[1], fams[key][0])) for key in order]
+    X = np.asarray(X); fams = sweep_families(grid)
+    jobs = [delayed(CLUSTERERS[a].fit)(X, ps, seed) for (a, _), ps in fams.items()]
     if len(X) < 4000: n_jobs = 1          # below this, starting worker processes costs more than it saves
-    done = {row_name(a, p): (a, p, lab, secs) for rs in Parallel(n_jobs=n_jobs)(tqdm(jobs, desc='clustering sweep', mininterval=2))
-            for a, p, lab, secs in rs}
-    fitted = [done[row_name(a, p)] for a, p in grid]    # rows in grid order
+    outs = Parallel(n_jobs=n_jobs)(tqdm(jobs, desc='clustering sweep', mininterval=2))
+    done = {row_name(a, p): (a, p, lab, secs) for (a, _), out in zip(fams, outs) for p, lab, secs in out}
     idx, D = silhouette_sample_distances(X, silhouette_sample, derive_seed(seed, 'silhouette'))
-    known = speakers is not None and all(s is not None for s in speakers)
-    rows, labels = [], {}
-    for a, p, lab, secs in fitted:
-        lab = relabel_by_size(lab) if relabel else np.asarray(lab); name = row_name(a, p)
-        sizes = np.bincount(lab)
-        row = {'name': name, 'algorithm': a, 'params': {k: v for k, v in p.items() if k != 'subclusters'}, 'k': int(len(sizes)),
-               'silhouette': round(silhouette_from_distances(D, lab[idx]), 4), 'silhouette_points': int(len(idx)),
-               'fit_s': round(secs, 3), 'min_size': int(sizes.min()), 'max_size': int(sizes.max())}
-        if 'subclusters' in p: row['subclusters'] = p['subclusters']
-        if known:
-            row['ari'] = round(float(adjusted_rand_score(speakers, lab)), 4)
-            row['nmi'] = round(float(normalized_mutual_info_score(speakers, lab)), 4)
-        rows.append(row); labels[name] = lab
-    return rows, labels
+    known = speakers if speakers is not None and all(s is not None for s in speakers) else None
+    scored = [score_row(*done[row_name(a, p)], D, idx, known, relabel) for a, p in grid]     # rows in grid order
+    return [r for r, _ in scored], {r['name']: lab for r, lab in scored}
 
 # %% ../nbs/01_clustering.ipynb #c031
 def chosen_spec(cfg:ClusteringConfig, # choice settings
                 speakers:list|None=None, # true speakers, when known
                ) -> tuple[str, tuple|None]:
     "(rule actually used, (algorithm, params) it fixes, or None when the sweep's silhouette decides)."
-    if cfg.choose not in ('config', 'silhouette', 'speakers'):
-        raise ValueError(f'unknown clustering.choose {cfg.choose!r}; use config, silhouette or speakers')
-    if cfg.algorithm not in ALGORITHMS: raise ValueError(f'unknown clustering.algorithm {cfg.algorithm!r}; use one of {ALGORITHMS}')
+    require(cfg.choose in ('config', 'silhouette', 'speakers'), 'clustering.choose', cfg.choose, "one of ('config', 'silhouette', 'speakers')")
+    require(cfg.algorithm in CLUSTERERS, 'clustering.algorithm', cfg.algorithm, f'one of {tuple(CLUSTERERS)}')
     if cfg.choose == 'silhouette': return 'silhouette', None
     if cfg.choose == 'speakers':
         if speakers is None or any(s is None for s in speakers):
@@ -357,10 +406,9 @@ def chosen_spec(cfg:ClusteringConfig, # choice settings
             return 'silhouette (no speaker labels)', None
         k = len(set(speakers))
     else: k = cfg.k
-    p = {'birch': {'threshold': float(cfg.threshold), 'k': k}, 'kmeans': {'init': cfg.init, 'k': k},
-         'agglomerative': {'metric': 'cosine', 'linkage': 'average', 'k': k}}[cfg.algorithm]
-    return cfg.choose, (cfg.algorithm, p)
+    return cfg.choose, (cfg.algorithm, CLUSTERERS[cfg.algorithm].spec(cfg, k))
 
+# %% ../nbs/01_clustering.ipynb #h14a60
 def choose_row(rows:list[dict], # sweep rows
                rule:str, # from `chosen_spec`
                spec:tuple|None, # (algorithm, params) or None
@@ -388,8 +436,7 @@ def check_chosen(row:dict, # the chosen sweep row
     asked = spec[1]['k'] if spec else cfg.min_k
     if row['k'] >= max(asked, need): return row
     params = ', '.join(f'{k}={v}' for k, v in row['params'].items())
-    fix = {'birch': f'lower clustering.threshold (Birch left {row.get("subclusters", "?")} subclusters at threshold {row["params"].get("threshold")})',
-           'kmeans': 'change clustering.init or clustering.k', 'agglomerative': 'change clustering.k'}[row['algorithm']]
+    fix = CLUSTERERS[row['algorithm']].fix(row)
     raise ValueError(f'the chosen clustering {row["name"]} ({row["algorithm"]}: {params}; clustering.choose={cfg.choose!r}) found '
                      f'{row["k"]} cluster(s) (silhouette {row["silhouette"]}), fewer than the {asked} asked for'
                      f' or the {need} the splits need (test folds from splits.n_test_folds or '
@@ -410,6 +457,7 @@ def exact_knn(X:np.ndarray, k:int=15, block:int=2048) -> tuple[np.ndarray, np.nd
         idx[s:s + block] = np.take_along_axis(p, o, 1); dist[s:s + block] = np.sqrt(np.maximum(np.take_along_axis(dd, o, 1), 0))
     return idx, dist
 
+# %% ../nbs/01_clustering.ipynb #h14c94
 def umap_2d(X:np.ndarray, # embeddings
             seed:int=0, # UMAP and sample seed
             max_points:int=5000, # seeded sample above this size (0 = all)
@@ -444,11 +492,14 @@ def plot_umap(xy:np.ndarray, # 2-D coordinates
         ax.set(title=name, xlabel='UMAP 1 (a.u.)', ylabel='UMAP 2 (a.u.)', xticks=[], yticks=[])
     if title: fig.suptitle(title)
     fig.tight_layout()
-    if path: fig.savefig(path, dpi=90)
+    if path: save_figure(fig, path, dpi=90)
     return fig
 
+# %% ../nbs/01_clustering.ipynb #h14a61
 def plot_silhouettes(rows:list[dict], # sweep rows
-                     title:str='', path=None):
+                     title:str='', # figure title (the finding)
+                     path=None, # PNG to write
+                    ):
     "Silhouette against k, one line per algorithm setting; saves a PNG when `path` is given."
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -459,7 +510,7 @@ def plot_silhouettes(rows:list[dict], # sweep rows
         ax.plot([r['k'] for r in rs], [r['silhouette'] for r in rs], 'o-', label=g)
     ax.set(xlabel='number of clusters k', ylabel='silhouette (euclidean)', title=title)
     ax.legend(fontsize=7); fig.tight_layout()
-    if path: fig.savefig(path, dpi=90)
+    if path: save_figure(fig, path, dpi=90)
     return fig
 
 # %% ../nbs/01_clustering.ipynb #c039
@@ -475,6 +526,72 @@ def read_labels(path) -> dict:
     if lines[0].strip() != 'id,cluster': raise ValueError(f'{path} must start with the header "id,cluster", got {lines[0]!r}')
     return {i: int(c) for i, c in (l.rsplit(',', 1) for l in lines[1:] if l.strip())}
 
+# %% ../nbs/01_clustering.ipynb #h14a63
+def stage_embeddings(out:Path, # the run's clustering/ folder
+                     utts:list, # the manifest's utterances
+                     cfg:ClusteringConfig, # embedder settings
+                     device:str='cpu', # torch device for x-vectors
+                     reuse:bool=True, # reuse embeddings.npy when embeddings.json matches these ids and settings
+                    ) -> tuple[np.ndarray, float]:
+    "(embeddings of `utts`, seconds spent): loaded from `out` when made from the same ids and settings, else computed and saved."
+    meta = {'ids': [u.id for u in utts], 'embedder': cfg.embedder, 'n_mfcc': cfg.n_mfcc, 'vad_db': cfg.vad_db,
+            'xvector_model': cfg.xvector_model, 'xvector_revision': cfg.xvector_revision}
+    t0 = time.perf_counter()
+    if reuse and (out/'embeddings.npy').exists() and (out/'embeddings.json').exists() and read_json(out/'embeddings.json') == meta:
+        return np.load(out/'embeddings.npy'), time.perf_counter() - t0
+    X = embed_utterances(utts, cfg, device)
+    out.mkdir(parents=True, exist_ok=True); np.save(out/'embeddings.npy', X); write_json(out/'embeddings.json', meta)
+    return X, time.perf_counter() - t0
+
+# %% ../nbs/01_clustering.ipynb #h14a65
+def chosen_record(best:dict, # the chosen sweep row
+                  by_sil:dict, # the row the silhouette rule would pick
+                  rule:str, # rule actually used
+                  speakers:list, # true speaker per utterance (None where unknown)
+                  cfg:ClusteringConfig,
+                  **timing) -> dict:
+    "The content of `clustering/chosen.json`: the chosen row, the silhouette rule's pick beside it, speakers, timings."
+    return {'algorithm': best['algorithm'], 'params': best['params'], 'k': best['k'], 'silhouette': best['silhouette'],
+            'ari': best.get('ari'), 'nmi': best.get('nmi'), 'name': best['name'], 'rule': rule,
+            'silhouette_rule_choice': {k: by_sil.get(k) for k in ('name', 'k', 'silhouette', 'ari', 'nmi')},
+            'speakers': len(set(speakers)) if best.get('ari') is not None else None, 'embedder': cfg.embedder,
+            'utterances': len(speakers), **{k: round(v, 2) for k, v in timing.items()}}
+
+# %% ../nbs/01_clustering.ipynb #h14a67
+def umap_colourings(rows:list, labels:dict, # the sweep
+                    idx:np.ndarray, # rows drawn in the UMAP figure
+                    rule:str, spec:tuple|None, cfg:ClusteringConfig, # the choice
+                    chosen:dict, # chosen.json's content
+                    speakers:list, # true speaker per utterance
+                   ) -> dict:
+    "Panel title -> labels of the drawn rows: each pictured algorithm's row under the same rule, then the true speakers."
+    colour = {}
+    for a in (a for a, c in CLUSTERERS.items() if c.pictured and any(r['algorithm'] == a for r in rows)):
+        r = choose_row(rows, rule, spec, cfg, a)
+        colour[f"{r['name']} (silhouette {r['silhouette']:.2f}" + (f", ARI {r['ari']:.2f})" if 'ari' in r else ')')] = labels[r['name']][idx]
+    if chosen['ari'] is not None: colour[f'true speaker ({chosen["speakers"]})'] = np.asarray(speakers)[idx]
+    return colour
+
+# %% ../nbs/01_clustering.ipynb #h14a69
+def draw_clustering(out:Path, # the run's clustering/ folder
+                    X:np.ndarray, rows:list, labels:dict, # embeddings and the sweep
+                    rule:str, spec:tuple|None, cfg:ClusteringConfig, chosen:dict, speakers:list,
+                    seed:int, # UMAP seed
+                   ) -> dict:
+    "Write `umap.png` and `silhouette.png` into `out`; returns {'umap_s', 'umap_points'}."
+    import matplotlib.pyplot as plt
+    t0 = time.perf_counter()
+    idx, xy = umap_2d(X, seed, cfg.umap_max_points, cfg.umap_neighbors)
+    best = next(r for r in rows if r['name'] == chosen['name'])
+    finding = (f'{best["name"]} recovers {chosen["speakers"]} speakers with ARI {best["ari"]:.2f}' if chosen['ari'] is not None
+               else f'{best["name"]}: silhouette {best["silhouette"]:.2f}')
+    colour = umap_colourings(rows, labels, idx, rule, spec, cfg, chosen, speakers)
+    plt.close(plot_umap(xy, colour, f'UMAP of {len(idx)} utterances: {finding}', out/'umap.png'))
+    top = max((r for r in rows if np.isfinite(r['silhouette'])), key=lambda r: r['silhouette'])
+    plt.close(plot_silhouettes(rows, f'silhouette peaks at k={top["k"]} ({top["name"]}, {top["silhouette"]:.2f}; '
+                                     f'{rows[0]["silhouette_points"]} points)', out/'silhouette.png'))
+    return {'umap_s': round(time.perf_counter() - t0, 2), 'umap_points': int(len(idx))}
+
 # %% ../nbs/01_clustering.ipynb #c041
 def cluster_stage(run_dir, # run directory with corpus/manifest.jsonl and config.json
                   reuse_embeddings:bool=True, # reuse clustering/embeddings.npy when it matches the manifest
@@ -484,15 +601,7 @@ def cluster_stage(run_dir, # run directory with corpus/manifest.jsonl and config
     scfg = load_config(run_dir); cfg = scfg.clustering
     utts = read_manifest(run_dir/'corpus'/'manifest.jsonl')
     ids, speakers = [u.id for u in utts], [u.speaker for u in utts]
-    meta = {'ids': ids, 'embedder': cfg.embedder, 'n_mfcc': cfg.n_mfcc, 'vad_db': cfg.vad_db, 'xvector_model': cfg.xvector_model,
-            'xvector_revision': cfg.xvector_revision}
-    t0 = time.perf_counter()
-    if reuse_embeddings and (out/'embeddings.npy').exists() and (out/'embeddings.json').exists() and read_json(out/'embeddings.json') == meta:
-        X = np.load(out/'embeddings.npy')
-    else:
-        X = embed_utterances(utts, cfg, resolve_device(scfg.device))
-        np.save(out/'embeddings.npy', X); write_json(out/'embeddings.json', meta)
-    embed_s = time.perf_counter() - t0
+    X, embed_s = stage_embeddings(out, utts, cfg, resolve_device(scfg.device), reuse_embeddings)
     rule, spec = chosen_spec(cfg, speakers)
     seed = derive_seed(scfg.seed, 'clustering')
     t0 = time.perf_counter()
@@ -502,32 +611,12 @@ def cluster_stage(run_dir, # run directory with corpus/manifest.jsonl and config
     best = choose_row(rows, rule, spec, cfg)
     from asr_kd_nb.splits import clusters_needed   # the splits chapter owns the rule; imported here to fail before stage 02
     check_chosen(best, spec, clusters_needed(scfg.splits), cfg)
-    by_sil = choose_row(rows, 'silhouette', None, cfg)
-    chosen = {'algorithm': best['algorithm'], 'params': best['params'], 'k': best['k'], 'silhouette': best['silhouette'],
-              'ari': best.get('ari'), 'nmi': best.get('nmi'), 'name': best['name'], 'rule': rule,
-              'silhouette_rule_choice': {k: by_sil.get(k) for k in ('name', 'k', 'silhouette', 'ari', 'nmi')},
-              'speakers': len(set(speakers)) if best.get('ari') is not None else None, 'embedder': cfg.embedder,
-              'utterances': len(ids), 'embed_s': round(embed_s, 2), 'sweep_s': round(sweep_s, 2)}
+    chosen = chosen_record(best, choose_row(rows, 'silhouette', None, cfg), rule, speakers, cfg, embed_s=embed_s, sweep_s=sweep_s)
     write_json(out/'sweep.json', {'rows': rows, 'silhouette_points': rows[0]['silhouette_points'], 'seed': seed,
                                   'embedding_dim': int(X.shape[1]), 'utterances': len(X)})
     write_labels(out/'labels.csv', ids, labels[best['name']])
     write_json(out/'chosen.json', chosen)
-    t0 = time.perf_counter()
-    idx, xy = umap_2d(X, derive_seed(seed, 'umap'), cfg.umap_max_points, cfg.umap_neighbors)
-    colour = {}
-    for a in ('kmeans', 'birch'):
-        if any(r['algorithm'] == a for r in rows):
-            r = choose_row(rows, rule, spec, cfg, a)
-            colour[f"{r['name']} (silhouette {r['silhouette']:.2f}" + (f", ARI {r['ari']:.2f})" if 'ari' in r else ')')] = labels[r['name']][idx]
-    if chosen['ari'] is not None: colour[f'true speaker ({chosen["speakers"]})'] = np.asarray(speakers)[idx]
-    finding = (f'{best["name"]} recovers {chosen["speakers"]} speakers with ARI {best["ari"]:.2f}' if chosen['ari'] is not None
-               else f'{best["name"]}: silhouette {best["silhouette"]:.2f}')
-    import matplotlib.pyplot as plt
-    plt.close(plot_umap(xy, colour, f'UMAP of {len(idx)} utterances: {finding}', out/'umap.png'))
-    top = max((r for r in rows if np.isfinite(r['silhouette'])), key=lambda r: r['silhouette'])
-    plt.close(plot_silhouettes(rows, f'silhouette peaks at k={top["k"]} ({top["name"]}, {top["silhouette"]:.2f}; '
-                                     f'{rows[0]["silhouette_points"]} points)', out/'silhouette.png'))
-    chosen['umap_s'] = round(time.perf_counter() - t0, 2); chosen['umap_points'] = int(len(idx))
+    chosen.update(draw_clustering(out, X, rows, labels, rule, spec, cfg, chosen, speakers, derive_seed(seed, 'umap')))
     write_json(out/'chosen.json', chosen)
     log.info('clustering: chose %s (%s): silhouette %.3f, ARI %s', best['name'], rule, best['silhouette'], best.get('ari'))
     return chosen

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_config.ipynb #c001
 from __future__ import annotations
-import dataclasses, hashlib, json, logging, os, re, socket
+import contextlib, dataclasses, hashlib, json, logging, os, re, socket
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 from typing import Any, ClassVar
@@ -12,11 +12,11 @@ from typing import Any, ClassVar
 # %% auto #0
 __all__ = ['PRESETS', 'log', 'HUB_MODES', 'HUB_ID', 'PROGRESS_ENV', 'SMOKE_RUN', 'config_section', 'ConfigError', 'require',
            'value_fits', 'check_types', 'from_dict', 'section_preset', 'StudyConfig', 'study_config', 'write_json',
-           'read_json', 'config_hash', 'save_config', 'config_from_dict', 'load_config', 'resolve_device',
-           'derive_seed', 'check_device', 'MissingSourceError', 'apply_hub_mode', 'hub_offline', 'hub_reachable',
-           'looks_like_path', 'in_hf_cache', 'download_advice', 'resolve_source', 'Source', 'config_source',
-           'config_check', 'hub_lookup', 'check_source', 'InvalidConfig', 'validate_config', 'report_progress',
-           'require_run_dir']
+           'read_json', 'save_figure', 'available_cores', 'set_threads', 'torch_threads', 'config_hash', 'save_config',
+           'config_from_dict', 'load_config', 'resolve_device', 'derive_seed', 'check_device', 'MissingSourceError',
+           'apply_hub_mode', 'hub_offline', 'hub_reachable', 'looks_like_path', 'in_hf_cache', 'download_advice',
+           'resolve_source', 'Source', 'config_source', 'config_check', 'hub_lookup', 'check_source', 'InvalidConfig',
+           'validate_config', 'report_progress', 'require_run_dir']
 
 # %% ../nbs/00_config.ipynb #c005
 PRESETS = ('smoke', 'default', 'full', 'paper')
@@ -43,6 +43,7 @@ def require(ok:bool, key:str, value, accepted:str):
     "Raise `ConfigError(key, value, accepted)` unless `ok`."
     if not ok: raise ConfigError(key, value, accepted)
 
+# %% ../nbs/00_config.ipynb #h14a01
 _TYPES = {'int': (int,), 'float': (int, float), 'str': (str,), 'bool': (bool,), 'list': (list, tuple), 'tuple': (list, tuple),
           'dict': (dict,), 'None': (type(None),)}
 
@@ -146,6 +147,7 @@ def write_json(path, obj, indent:int=2):
     os.replace(tmp, path)
     return path
 
+# %% ../nbs/00_config.ipynb #h14a04
 def read_json(path):
     "Read a JSON file, naming the file in the error when it is missing or malformed."
     path = Path(path)
@@ -153,11 +155,47 @@ def read_json(path):
     try: return json.loads(path.read_text(encoding='utf-8'))
     except json.JSONDecodeError as e: raise ValueError(f'{path} is not valid JSON: {e}') from e
 
+# %% ../nbs/00_config.ipynb #h14a06
+def save_figure(fig, # a matplotlib figure
+                path, # PNG to write (parent folders are created)
+                dpi:int=100, # resolution
+                close:bool=False, # close `fig` after writing (stages that only write it)
+               ) -> Path:
+    "Write `fig` as a PNG to `path` atomically (temporary file, then rename); returns the path."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.stem}.{os.getpid()}.tmp.png')
+    fig.savefig(tmp, dpi=dpi, bbox_inches='tight'); os.replace(tmp, path)
+    if close:
+        import matplotlib.pyplot as plt; plt.close(fig)
+    return path
+
+# %% ../nbs/00_config.ipynb #h14a09
+def available_cores() -> int:
+    "Cores this process may run on (its CPU affinity where the OS tells, else `os.cpu_count()`)."
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+
+def set_threads(n:int=0) -> int: # 0 = every core this process may use
+    "Set torch's CPU thread count, respecting the cores available to this process; returns it."
+    import torch
+    n = min(n, available_cores()) if n > 0 else available_cores()
+    torch.set_num_threads(n)
+    return n
+
+# %% ../nbs/00_config.ipynb #h14a11
+@contextlib.contextmanager
+def torch_threads(n:int): # threads inside the block
+    "Run the block with `n` torch threads and restore the previous count afterwards (also when the block raises)."
+    import torch
+    old = torch.get_num_threads(); torch.set_num_threads(n)
+    try: yield
+    finally: torch.set_num_threads(old)
+
 # %% ../nbs/00_config.ipynb #c016
 def config_hash(d:dict) -> str:
     "Short, order-independent hash of a JSON-ready dict."
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+# %% ../nbs/00_config.ipynb #h14a14
 def save_config(cfg:StudyConfig, run_dir) -> Path:
     "Write `cfg` to `run_dir/config.json`."
     return write_json(Path(run_dir)/'config.json', cfg.to_dict())
@@ -259,6 +297,7 @@ def download_advice(repo_id:str, config_key:str, repo_type:str='model', revision
     return (f'Download it on a machine with hub access with {how}, copy DIR here, and set {config_key} to DIR in a config file '
             f'passed with `asr-kd run --config FILE` (or copy the Hugging Face cache, ~/.cache/huggingface/hub, and set HF_HUB_OFFLINE=1).')
 
+# %% ../nbs/00_config.ipynb #h14a25
 def resolve_source(id_or_path:str, # hub id (`owner/name`) or local directory/file
                    what:str, # what it is, for messages ('teacher model', 'dataset', ...)
                    config_key:str, # the config key that names it, e.g. 'teacher.source'

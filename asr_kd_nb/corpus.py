@@ -77,6 +77,7 @@ class Utterance:
     speaker: str|None = None  # true speaker when known (embedded corpus), else None
     source: str = ''        # where it came from ('embedded', 'hf:train', 'nemo', ...)
 
+# %% ../nbs/00_corpus.ipynb #h14aa0
 def write_manifest(utts:Iterable[Utterance], path) -> Path:
     "Write utterances as JSON lines; audio paths under the manifest's folder become relative."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +91,7 @@ def write_manifest(utts:Iterable[Utterance], path) -> Path:
     os.replace(tmp, path)
     return path
 
+# %% ../nbs/00_corpus.ipynb #h14a81
 def read_manifest(path) -> list[Utterance]:
     "Utterances of a manifest written by `write_manifest`, with absolute audio paths."
     path = Path(path); root = path.parent.resolve(); out = []
@@ -129,6 +131,7 @@ class RejectedAudio(ValueError):
         self.reason, self.detail = reason, detail
         super().__init__(f'{reason}: {detail}' if detail else reason)
 
+# %% ../nbs/00_corpus.ipynb #h14a9c
 def _wav_truncated(head:bytes, size:int) -> bool:
     "Whether a RIFF/WAVE file declares more data bytes than it holds."
     if head[:4] != b'RIFF' or head[8:12] != b'WAVE': return False
@@ -164,6 +167,7 @@ def decode_audio(src, # path, raw bytes, or a file-like object
         x = torchaudio.functional.resample(torch.from_numpy(x), in_sr, sr).numpy()
     return np.ascontiguousarray(x, dtype=np.float32)
 
+# %% ../nbs/00_corpus.ipynb #h14a84
 def check_duration(x:np.ndarray, min_s:float=0.2, max_s:float=20.0, name:str='', sr:int=SAMPLE_RATE) -> float:
     "Duration of `x` in seconds; `RejectedAudio` when outside [min_s, max_s]."
     d = len(x) / sr
@@ -181,6 +185,7 @@ def _audio_name(uid:str) -> str:
     clean = re.sub(r'[^\w.-]', '_', uid).lstrip('.')
     return f'{clean}-{hashlib.sha256(uid.encode()).hexdigest()[:8]}.wav'
 
+# %% ../nbs/00_corpus.ipynb #h14a87
 def ingest(candidates:Iterable[dict], # dicts with id, audio (path or bytes), text, speaker, source
            audio_dir, # where accepted 16 kHz wavs are written
            min_duration:float=0.2, max_duration:float=20.0, # seconds
@@ -223,6 +228,7 @@ def load_hf_dataset(id_or_path:str, config_key:str='corpus.hf_dataset'):
     if not p.is_dir(): raise ValueError(f'{config_key}={id_or_path!r} is a file; give a dataset directory (save_to_disk or hub snapshot) or a hub id')
     return datasets.load_dataset(src)   # a snapshot directory (parquet/arrow/csv files, README.md split metadata)
 
+# %% ../nbs/00_corpus.ipynb #h14a89
 def hf_candidates(id_or_path:str, # hub id, `save_to_disk` directory (Dataset or DatasetDict) or hub snapshot directory
                   splits:list=('train', 'test', 'validation'), # splits to concatenate, in order
                   config_key:str='corpus.hf_dataset'):
@@ -257,6 +263,7 @@ def _nemo_line_problem(d) -> str|None:
     if d.get('speaker') is not None and not isinstance(d['speaker'], (str, int)): return f'speaker {d.get("speaker")!r} is not a string'
     return None
 
+# %% ../nbs/00_corpus.ipynb #h14a98
 def nemo_candidates(path):
     "Candidates from a NeMo-style JSON-lines manifest: (total, iterator)."
     path = Path(path)
@@ -318,6 +325,7 @@ _OOD_SLOTS = {
 _OOD_TEMPLATES = ['{adj} {noun} {verb} {place}', '{who} {act} {time2}', '{time2} {who} {act} {place}',
                   'этот {noun} {verb} {time2}', '{who} говорит что {noun} {verb} {place}']
 
+# %% ../nbs/00_corpus.ipynb #h14a9a
 def _expand(template:str, slots:dict, rng:np.random.Generator) -> str:
     "Fill each `{slot}` of `template` with a random choice."
     return re.sub(r'\{(\w+)\}', lambda m: rng.choice(slots[m.group(1)].split('|')), template)
@@ -348,6 +356,7 @@ class Voice:
     rate: int
     def args(self): return ['-v', f'ru+{self.variant}', '-p', str(self.pitch), '-s', str(self.rate)]
 
+# %% ../nbs/00_corpus.ipynb #h14a9e
 def make_voices(n:int, seed:int, variants:list=MAIN_VARIANTS, prefix:str='spk') -> list[Voice]:
     "`n` distinct voices: variants cycled, pitch and rate drawn from the seed, pitch bands kept apart per variant."
     if n < 1: raise ValueError(f'need at least one speaker, got n={n}')
@@ -407,6 +416,7 @@ def corpus_candidates(cfg:CorpusConfig, ood:bool=False, exclude:set=frozenset())
     if cfg.source == 'nemo': return nemo_candidates(cfg.nemo_manifest)
     raise ValueError(f'unknown corpus.source {cfg.source!r}; use embedded, hf or nemo')
 
+# %% ../nbs/00_corpus.ipynb #h14a93
 def build_corpus(cfg:CorpusConfig, run_dir) -> dict:
     "Make the corpus stage's files in `run_dir/corpus`; returns the report."
     out = Path(run_dir)/'corpus'

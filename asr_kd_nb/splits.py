@@ -11,14 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 import numpy as np
-from .config import config_section, write_json, read_json, derive_seed, load_config, require, config_check
+from .config import config_section, section_preset, write_json, read_json, derive_seed, load_config, require, config_check, save_figure
 from .corpus import read_manifest, Utterance
 from .clustering import read_labels
 from .rundir import frac_key   # the one spelling of a fraction key, owned by the run-directory chapter
 
 # %% auto #0
 __all__ = ['log', 'SplitsConfig', 'clusters_needed', 'enough_clusters', 'fold_name', 'pick_test_clusters', 'text_leakage',
-           'nested_fractions', 'check_splits', 'speaker_leakage', 'split_sizes', 'make_splits', 'split_stage']
+           'nested_fractions', 'check_splits', 'speaker_leakage', 'split_sizes', 'choose_folds', 'make_splits',
+           'split_stage']
 
 # %% ../nbs/02_splits.ipynb #c005
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class SplitsConfig:
         for k in ('n_test_folds', 'min_fold_size', 'min_fraction_size'):
             require(getattr(self, k) >= 1, f'splits.{k}', getattr(self, k), 'an integer >= 1')
 
+# %% ../nbs/02_splits.ipynb #h14b05
 def clusters_needed(cfg:SplitsConfig) -> int:
     "The fewest clusters a clustering must have for these splits: test folds plus training clusters, and every named id."
     n = (len(cfg.test_clusters) or cfg.n_test_folds) + (len(cfg.train_clusters) or 1)
@@ -74,6 +76,7 @@ def fold_name(cluster:int) -> str:
     "The name of the test fold made of `cluster` ('cluster-3')."
     return f'cluster-{cluster}'
 
+# %% ../nbs/02_splits.ipynb #h14b08
 def pick_test_clusters(sizes:dict, # cluster id -> utterances
                        n_folds:int, # test folds wanted
                        min_fold_size:int, # smallest usable fold
@@ -158,6 +161,7 @@ def speaker_leakage(s:dict, # splits.json content
             'speakers_in_both': sorted(train_spk & {speaker[i] for i in test}),
             'per_fold': {n: share(f) for n, f in s['test_folds'].items()}}
 
+# %% ../nbs/02_splits.ipynb #h14b09
 def split_sizes(s:dict, # splits.json content
                 utts:dict, # utterance id -> `Utterance`
                ) -> list[dict]:
@@ -171,6 +175,23 @@ def split_sizes(s:dict, # splits.json content
                      'speakers': None if None in spk else len(spk)})
     return rows
 
+# %% ../nbs/02_splits.ipynb #h14b11
+def choose_folds(sizes:dict, # cluster id -> utterances
+                 cfg:SplitsConfig, # named clusters or the seeded rule's settings
+                 seed:int=0, # rule seed
+                ) -> tuple[list, list, str]:
+    "(test clusters, training clusters, the rule that chose them): the configured ids, else the seeded rule."
+    for what, cl in (('test_clusters', cfg.test_clusters), ('train_clusters', cfg.train_clusters)):
+        unknown = sorted(set(cl) - set(sizes))
+        if unknown: raise ValueError(f'splits.{what} names cluster(s) {unknown} that do not exist; clusters are {sorted(sizes)}')
+    if cfg.test_clusters: test, rule = sorted(cfg.test_clusters), 'config'
+    else:
+        test = pick_test_clusters(sizes, cfg.n_test_folds, cfg.min_fold_size, derive_seed(seed, 'test-clusters'))
+        rule = f'seeded: {cfg.n_test_folds} clusters drawn among those with >= {cfg.min_fold_size} utterances'
+    train_cl = sorted(cfg.train_clusters) if cfg.train_clusters else [c for c in sizes if c not in test]
+    if (both := set(train_cl) & set(test)): raise ValueError(f'cluster(s) {sorted(both)} are both train and test clusters')
+    return test, train_cl, rule
+
 # %% ../nbs/02_splits.ipynb #c022
 def make_splits(utts:list, # `Utterance`s of the manifest
                 cluster:dict, # utterance id -> cluster (from clustering/labels.csv)
@@ -182,15 +203,7 @@ def make_splits(utts:list, # `Utterance`s of the manifest
     missing = [i for i in ids if i not in cluster]
     if missing: raise ValueError(f'{len(missing)} manifest utterance(s) have no cluster label, e.g. {missing[:3]}; rerun the clustering stage')
     sizes = dict(sorted(Counter(cluster[i] for i in ids).items()))
-    for what, cl in (('test_clusters', cfg.test_clusters), ('train_clusters', cfg.train_clusters)):
-        unknown = sorted(set(cl) - set(sizes))
-        if unknown: raise ValueError(f'splits.{what} names cluster(s) {unknown} that do not exist; clusters are {sorted(sizes)}')
-    if cfg.test_clusters: test, rule = sorted(cfg.test_clusters), 'config'
-    else:
-        test = pick_test_clusters(sizes, cfg.n_test_folds, cfg.min_fold_size, derive_seed(seed, 'test-clusters'))
-        rule = f'seeded: {cfg.n_test_folds} clusters drawn among those with >= {cfg.min_fold_size} utterances'
-    train_cl = sorted(cfg.train_clusters) if cfg.train_clusters else [c for c in sizes if c not in test]
-    if (both := set(train_cl) & set(test)): raise ValueError(f'cluster(s) {sorted(both)} are both train and test clusters')
+    test, train_cl, rule = choose_folds(sizes, cfg, seed)
     folds = {fold_name(c): [i for i in ids if cluster[i] == c] for c in test}
     train = [i for i in ids if cluster[i] in set(train_cl)]
     leaked = text_leakage(train, [i for f in folds.values() for i in f], {u.id: u.text for u in utts})

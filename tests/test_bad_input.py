@@ -28,6 +28,7 @@ def clean_hub_env(monkeypatch):
     ('section-string', {'teacher': 'x'}, "teacher='x'"),
     ('wrong-type', {'corpus': {'n_utterances': '240'}}, 'corpus.n_utterances'),
     ('clusters', {'clustering': {'choose': 'config', 'k': 2}}, 'clustering.k'),
+    ('algorithm', {'clustering': {'algorithm': 'dbscan'}}, "clustering.algorithm='dbscan': one of ('kmeans', 'birch', 'agglomerative')"),
 ])
 def test_bad_config_exits_2_fast_naming_the_key_and_makes_nothing(tmp_path, name, config, key):
     cfg = tmp_path/'c.json'; cfg.write_text(json.dumps(config))

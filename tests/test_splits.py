@@ -28,14 +28,21 @@ def test_split_stage_writes_the_contract(tmp_path):
     s = split_stage(run)
     on_disk = read_json(run/'splits.json')
     assert on_disk['test_folds'] == s['test_folds']
-    assert set(on_disk) >= {'train_clusters', 'test_clusters', 'test_folds', 'train', 'fractions', 'seed'}
+    assert on_disk == s                                            # every key as returned
     assert list(on_disk['fractions']) == ['1.0', '0.5']           # smoke preset
     assert len(s['test_folds']) == 2 and all(n.startswith('cluster-') for n in s['test_folds'])
     test = {i for f in s['test_folds'].values() for i in f}
     assert not test & set(s['train'])
     assert set(s['fractions']['0.5']) <= set(s['fractions']['1.0']) == set(s['train'])
     assert s['speaker_leakage']['share'] == 0.0
-    assert {r['set'] for r in s['sizes']} >= {'train', 'train fraction 0.5'} and all(r['minutes'] > 0 for r in s['sizes'])
+    dur = {u.id: u.duration for u in utts}
+    sets = {**{f'test {n}': f for n, f in s['test_folds'].items()}, 'train': s['train'],
+            **{f'train fraction {k}': v for k, v in s['fractions'].items()}}
+    assert [r['set'] for r in s['sizes']] == list(sets)
+    for r in s['sizes']:                                           # sizes are the sets' own counts, minutes and speakers
+        ids = sets[r['set']]
+        assert (r['utterances'], r['speakers']) == (len(ids), len({cluster[i] for i in ids}))
+        assert abs(r['minutes'] - sum(dur[i] for i in ids) / 60) <= 0.005
     assert split_stage(run) == s                                   # seeded: the same split again
 
 
