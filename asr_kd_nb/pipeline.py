@@ -456,14 +456,8 @@ def _parser() -> argparse.ArgumentParser:
                        description='Run trials of one data fraction\'s Optuna study until it has N finished trials; start '
                        'several workers, on one or many machines, against one storage (SQLite on one machine, PostgreSQL across '
                        'machines). The run directory must hold the splits and the teacher cache (stages up to 05_kd).')
-    s.add_argument('--run-dir', required=True, help='run directory whose splits and teacher cache the trials use')
-    s.add_argument('--fraction', type=float, required=True, help='data fraction, e.g. 0.3')
-    s.add_argument('--replicate', type=int, default=0, help='replicate search of the fraction (study frac-X.XX-rR; default 0)')
-    s.add_argument('--storage', help='Optuna storage URL (sqlite:///..., postgresql://user:pw@host/db); default: the config\'s')
-    s.add_argument('--n-trials', type=int, help='completed trials the study should reach (all workers together)')
-    s.add_argument('--objective', help="scorer factory 'module:function' (default: the KD objective; "
-                                       "asr_kd_nb.search:dry_run_scorer checks a storage/worker setup without training)")
-    s.add_argument('--no-export', action='store_true', help='do not write search/frac-X/ (trials.csv, best.json, figures)')
+    from asr_kd_nb.search import add_worker_args   # the worker's own options: declared once, where the worker lives
+    add_worker_args(s)
     b = sub.add_parser('bench', help='print performance figures (P1, P2, trials/hour, student cost; clustering; many workers)',
                        description='Measure and print performance figures on this machine: KD training speed and memory on a run\'s teacher cache (P1, P2, trials/hour at W = 1 and W = cores, student cost per utterance-epoch), clustering speed, or many search workers on one PostgreSQL/SQLite study. Timings depend on the machine and its load.')
     b.add_argument('what', nargs='?', default='all', choices=['all', 'clustering', 'kd', 'workers'], help='which benchmark (default: all)')
