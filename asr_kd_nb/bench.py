@@ -15,11 +15,12 @@ from .teacher import set_threads, load_cache, load_teacher, student_mfcc, align_
 from .kd import collate, kd_loss, train_student, evaluate_fold
 
 # %% auto #0
-__all__ = ['log', 'BENCHES', 'GPU_CHECK_STEPS', 'timeit', 'peak_rss_mib', 'peak_memory_mib', 'reset_peak_memory',
+__all__ = ['log', 'BENCHES', 'GPU_CHECK_STEPS', 'PRUNER_NAMES', 'timeit', 'peak_rss_mib', 'peak_memory_mib', 'reset_peak_memory',
            'large_wav2vec2_config', 'hf_teacher_fn', 'teacher_collate', 'bench_kd', 'print_bench_kd', 'TrialPool',
            'throughput_record', 'trials_per_hour', 'dry_run_dir', 'start_search_workers', 'study_worker_stats',
            'bench_workers', 'postgres_server', 'bench_many_workers', 'print_workers', 'bench_clustering',
-           'student_cost', 'bench_main', 'environment', 'set_run_device', 'gpu_check', 'gpu_check_main']
+           'student_cost', 'bench_main', 'environment', 'set_run_device', 'gpu_check', 'gpu_check_main',
+           'pruner_run_dir', 'noise_ceiling', 'pruner_winner', 'compare_pruners', 'print_pruners', 'pruners_main']
 
 # %% ../nbs/09_bench.ipynb #b005
 log = logging.getLogger(__name__)
@@ -580,3 +581,160 @@ def gpu_check_main(argv:list|None=None) -> int:
 if __name__ == '__main__' and len(sys.argv) > 1 and sys.argv[1] == 'gpu-check':
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     sys.exit(gpu_check_main(sys.argv[2:]))
+
+# %% ../nbs/09_bench.ipynb #p301
+PRUNER_NAMES = ('none', 'median', 'wilcoxon', 'successive_halving', 'hyperband')
+
+def pruner_run_dir(run_dir, # the run whose teacher cache the trials use
+                   dest, # scratch folder to create
+                   pruner:str, # a `PRUNERS` name
+                   n_trials:int, # finished trials of its study
+                   checkpoints:int=4, # reports per student
+                   device:str|None=None, # None: the run's
+                   seed:int|None=None, # sampler seed (the run seed of the copy); None: the run's
+                   overrides:dict|None=None, # {section: {key: value}} on top (e.g. a tiny kd budget in tests)
+                  ) -> Path:
+    "A scratch run directory for one pruner's study: links to the run's splits, cache and teacher; its own config and storage."
+    from asr_kd_nb.config import config_from_dict
+    src, dest = Path(run_dir).resolve(), Path(dest)
+    if not (src/'cache').is_dir() or not (src/'splits.json').exists():
+        raise FileNotFoundError(f'{src}: needs splits.json and cache/ (run the stages up to 03_teacher first)')
+    dest.mkdir(parents=True, exist_ok=True)
+    for n in ('splits.json', 'cache', 'teacher', 'corpus'):
+        if (src/n).exists() and not (dest/n).exists(): (dest/n).symlink_to(src/n)
+    d = load_config(src).to_dict()
+    d['search'] = {**d.get('search', {}), 'pruner': pruner, 'n_trials': int(n_trials), 'replicates': 1, 'checkpoints': int(checkpoints),
+                   'storage': '', 'workers': 0}
+    for sec, kv in (overrides or {}).items(): d[sec] = {**d.get(sec, {}), **kv}
+    if device: d['device'] = device
+    if seed is not None: d['seed'] = int(seed)
+    cfg = config_from_dict(d); cfg.search; cfg.kd.validate()     # validate the sections before any trial starts
+    write_json(dest/'config.json', cfg.to_dict())
+    return dest
+
+# %% ../nbs/09_bench.ipynb #p303
+def _retrain(run_dir:str, hp:dict, seed:int, device_index) -> dict:
+    "One retraining job: `hp` on the full training data for the run's budget with one seed; its CER and CPU seconds."
+    from asr_kd_nb.search import kd_scorer, pin_device
+    pin_device(device_index)
+    c0 = time.process_time()
+    out = kd_scorer(run_dir, 1.0, load_config(run_dir))(hp, None, seeds=[int(seed)])
+    return {'gmean': float(out['gmean']), 'cpu_s': time.process_time() - c0, 'steps': out['steps']}
+
+def noise_ceiling(run_dir, retrained:dict) -> tuple[float, str]:
+    "(ceiling, source): the 100 % replicate regret of the run's report, else the largest seed-to-seed spread of `retrained`."
+    p = Path(run_dir)/'report'/'summary.json'
+    c = (read_json(p).get('noise_ceiling') or {}).get('regret') if p.exists() else None
+    if c is not None: return float(c), 'report/summary.json noise_ceiling.regret (two 100 % replicate searches)'
+    spreads = [max(v) - min(v) for v in retrained.values() if len(v) > 1]
+    return (max(spreads) if spreads else float('nan')), 'largest seed-to-seed spread of the retrained best configurations'
+
+def pruner_winner(rows:list) -> str|None:
+    "The pruner with the least trial CPU whose retrained best is within the noise ceiling."
+    ok = [r for r in rows if r.get('within_ceiling')]
+    return min(ok, key=lambda r: r['cpu_s'])['pruner'] if ok else None
+
+# %% ../nbs/09_bench.ipynb #p305
+def compare_pruners(run_dir, # run directory with the teacher stage done (its studies are not touched)
+                    pruners:tuple=PRUNER_NAMES, # `PRUNERS` names to compare ('none' first: the unpruned reference)
+                    n_trials:int=24, # finished trials per pruner's study
+                    fraction:float=1.0, # data fraction the trials train on
+                    seed:int|None=None, # sampler seed, the same for every pruner (None: the run's)
+                    device:str='auto', # where trials and retraining run
+                    workers:int=0, # worker processes (0: one per core on CPU, search.workers_per_device per GPU)
+                    checkpoints:int=4, # reports per student (what a pruner can act on)
+                    retrain_seeds:tuple=(0, 1), # seeds of each best configuration's retraining on the full data
+                    overrides:dict|None=None, # {section: {key: value}} for every scratch run (e.g. a tiny kd budget)
+                    out=None, # folder for pruners.json/csv (default RUN_DIR/bench)
+                   ) -> dict:
+    "P3: one study per pruner (same seed and trials), trial CPU, pruned count, best CER, the best retrained with two seeds."
+    import shutil, tempfile
+    import pandas as pd
+    from asr_kd_nb.search import search_stage, PRUNERS, worker_devices
+    from asr_kd_nb.kd import run_parallel
+    bad = [p for p in pruners if p not in PRUNERS]
+    if bad or not pruners: raise ValueError(f'pruners {bad or pruners}: choose from {sorted(PRUNERS)}')
+    run_dir, dev = Path(run_dir).resolve(), check_device(device)
+    out = Path(out) if out else run_dir/'bench'; out.mkdir(parents=True, exist_ok=True)
+    scratch, rows, dirs = Path(tempfile.mkdtemp(prefix='asr-kd-pruners-')), [], {}
+    try:
+        for p in pruners:
+            dirs[p] = d = pruner_run_dir(run_dir, scratch/p, p, n_trials, checkpoints, dev, seed, overrides)
+            log.info('P3: %s, %d trials on %s', p, n_trials, dev)
+            s = search_stage(d, fraction, workers=workers or None)
+            b = read_json(d/'search'/f'{_study(fraction)}'/'best.json')
+            rows.append({'pruner': p, 'cpu_s': round(s['cpu_s'], 2), 'wall_s': s['wall_s'], 'trial_s': round(b['compute_s'], 2),
+                         'workers': s['workers'], 'finished': b['counts'].get('finished', 0), 'pruned': b['counts'].get('PRUNED', 0),
+                         'complete': b['counts'].get('COMPLETE', 0), 'best_trial': (b['best'] or {}).get('number'),
+                         'best_cer': (b['best'] or {}).get('gmean_cer'), 'best_hp': (b['best'] or {}).get('hp')})
+        # the best configuration of each pruner on the full training data, 2 seeds, the full budget (identical configurations once)
+        hps = {json.dumps(r['best_hp'], sort_keys=True) for r in rows if r['best_hp']}
+        jobs = [(k, s) for k in sorted(hps) for s in retrain_seeds]
+        devs = worker_devices(resolve_device(dev), workers, 0)
+        res = run_parallel(_retrain, [(str(dirs[pruners[0]]), json.loads(k), s, devs[i % len(devs)]) for i, (k, s) in enumerate(jobs)],
+                           workers=min(len(devs), len(jobs)) or 1, desc='P3 retraining')
+        by_hp = {}
+        for (k, _), r in zip(jobs, res): by_hp.setdefault(k, []).append(r['gmean'])
+        retrained = {r['pruner']: by_hp.get(json.dumps(r['best_hp'], sort_keys=True), []) for r in rows}
+        ceiling, source = noise_ceiling(run_dir, retrained)
+        ref_cer = (float(np.mean(retrained['none'])) if retrained.get('none') else
+                   min((float(np.mean(v)) for v in retrained.values() if v), default=float('nan')))
+        base = next((r['cpu_s'] for r in rows if r['pruner'] == 'none'), None)
+        for r in rows:
+            v = retrained[r['pruner']]
+            r.update(retrained_cer=float(np.mean(v)) if v else None, retrained_seeds=v,
+                     retrained_spread=float(max(v) - min(v)) if len(v) > 1 else None,
+                     cpu_share=round(r['cpu_s'] / base, 3) if base else None,
+                     within_ceiling=bool(v) and float(np.mean(v)) - ref_cer <= ceiling + 1e-12)
+        result = {'run_dir': str(run_dir), 'device': dev, 'workers': rows[0]['workers'], 'n_trials': int(n_trials),
+                  'fraction': float(fraction), 'seed': load_config(dirs[pruners[0]]).seed, 'checkpoints': int(checkpoints),
+                  'retrain_seeds': list(retrain_seeds), 'noise_ceiling': ceiling, 'ceiling_source': source,
+                  'reference_cer': ref_cer, 'pruners': rows, 'winner': pruner_winner(rows),
+                  'gpu_busy_s': None, 'note': 'cpu_s: process CPU seconds of the trials (trials.csv); GPU-busy time is not measured',
+                  'environment': environment(dev)}
+    finally: shutil.rmtree(scratch, ignore_errors=True)
+    write_json(out/'pruners.json', result)
+    pd.DataFrame([{k: v for k, v in r.items() if k not in ('best_hp', 'retrained_seeds')} for r in rows]).to_csv(out/'pruners.csv', index=False)
+    print_pruners(result)
+    return result
+
+def _study(fraction) -> str:
+    from asr_kd_nb.rundir import study_key
+    return study_key(fraction, 0)
+
+def print_pruners(r:dict):
+    "The P3 table on the console."
+    print(f"P3 on {r['device']} ({r['workers']} workers): {r['n_trials']} trials per pruner, {r['checkpoints']} reports per student; "
+          f"noise ceiling {r['noise_ceiling']:.4f} ({r['ceiling_source']})")
+    print(f"{'pruner':<20}{'CPU s':>9}{'share':>7}{'wall s':>8}{'pruned':>7}{'best CER':>10}{'retrained':>11}  within")
+    for x in r['pruners']:
+        f = lambda v, w, p: f'{v:>{w}.{p}f}' if v is not None else f'{"-":>{w}}'
+        print(f"{x['pruner']:<20}{f(x['cpu_s'], 9, 1)}{f(x['cpu_share'], 7, 2)}{f(x['wall_s'], 8, 1)}{x['pruned']:>7}"
+              f"{f(x['best_cer'], 10, 4)}{f(x['retrained_cer'], 11, 4)}  {x['within_ceiling']}")
+    print(f"winner (least CPU within the ceiling): {r['winner']}")
+
+# %% ../nbs/09_bench.ipynb #p306
+def pruners_main(argv:list|None=None) -> int:
+    "`python -m asr_kd_nb.bench pruners ...` (and `asr-kd bench pruners`): run `compare_pruners`, copy its files to --out."
+    import argparse, shutil
+    p = argparse.ArgumentParser(prog='python -m asr_kd_nb.bench pruners')
+    p.add_argument('--run-dir', required=True); p.add_argument('--device', default='auto')
+    p.add_argument('--n-trials', type=int, default=24); p.add_argument('--workers', type=int, default=0)
+    p.add_argument('--pruners', nargs='+', default=list(PRUNER_NAMES)); p.add_argument('--checkpoints', type=int, default=4)
+    p.add_argument('--seed', type=int); p.add_argument('--out', help='also copy pruners.json/csv here')
+    p.add_argument('--set', nargs='*', default=[], metavar='SECTION.KEY=JSON', help='overrides of the scratch runs, e.g. kd.epochs=0.25')
+    a = p.parse_args(argv)
+    over = {}
+    for kv in a.set:
+        k, eq, v = kv.partition('=')
+        if not eq or '.' not in k: p.error(f'--set {kv!r}: expected SECTION.KEY=VALUE')
+        sec, key = k.split('.', 1)
+        try: over.setdefault(sec, {})[key] = json.loads(v)
+        except json.JSONDecodeError: over.setdefault(sec, {})[key] = v
+    compare_pruners(a.run_dir, tuple(a.pruners), a.n_trials, seed=a.seed, device=a.device, workers=a.workers,
+                    checkpoints=a.checkpoints, overrides=over or None, out=a.out)
+    return 0
+
+if __name__ == '__main__' and len(sys.argv) > 1 and sys.argv[1] == 'pruners':
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    sys.exit(pruners_main(sys.argv[2:]))
