@@ -596,6 +596,7 @@ def pruner_run_dir(run_dir, # the run whose teacher cache the trials use
                   ) -> Path:
     "A scratch run directory for one pruner's study: links to the run's splits, cache and teacher; its own config and storage."
     from asr_kd_nb.config import config_from_dict
+    import asr_kd_nb.search   # registers the `search` section
     src, dest = Path(run_dir).resolve(), Path(dest)
     if not (src/'cache').is_dir() or not (src/'splits.json').exists():
         raise FileNotFoundError(f'{src}: needs splits.json and cache/ (run the stages up to 03_teacher first)')
@@ -645,7 +646,7 @@ def compare_pruners(run_dir, # run directory with the teacher stage done (its st
                     checkpoints:int=4, # reports per student (what a pruner can act on)
                     retrain_seeds:tuple=(0, 1), # seeds of each best configuration's retraining on the full data
                     overrides:dict|None=None, # {section: {key: value}} for every scratch run (e.g. a tiny kd budget)
-                    out=None, # folder for pruners.json/csv (default RUN_DIR/bench)
+                    out=None, # another folder that also gets pruners.json/csv (besides RUN_DIR/bench)
                    ) -> dict:
     "P3: one study per pruner (same seed and trials), trial CPU, pruned count, best CER, the best retrained with two seeds."
     import shutil, tempfile
@@ -655,7 +656,6 @@ def compare_pruners(run_dir, # run directory with the teacher stage done (its st
     bad = [p for p in pruners if p not in PRUNERS]
     if bad or not pruners: raise ValueError(f'pruners {bad or pruners}: choose from {sorted(PRUNERS)}')
     run_dir, dev = Path(run_dir).resolve(), check_device(device)
-    out = Path(out) if out else run_dir/'bench'; out.mkdir(parents=True, exist_ok=True)
     scratch, rows, dirs = Path(tempfile.mkdtemp(prefix='asr-kd-pruners-')), [], {}
     try:
         for p in pruners:
@@ -693,8 +693,9 @@ def compare_pruners(run_dir, # run directory with the teacher stage done (its st
                   'gpu_busy_s': None, 'note': 'cpu_s: process CPU seconds of the trials (trials.csv); GPU-busy time is not measured',
                   'environment': environment(dev)}
     finally: shutil.rmtree(scratch, ignore_errors=True)
-    write_json(out/'pruners.json', result)
-    pd.DataFrame([{k: v for k, v in r.items() if k not in ('best_hp', 'retrained_seeds')} for r in rows]).to_csv(out/'pruners.csv', index=False)
+    for o in [run_dir/'bench'] + ([Path(out)] if out else []):
+        o.mkdir(parents=True, exist_ok=True); write_json(o/'pruners.json', result)
+        pd.DataFrame([{k: v for k, v in r.items() if k not in ('best_hp', 'retrained_seeds')} for r in rows]).to_csv(o/'pruners.csv', index=False)
     print_pruners(result)
     return result
 

@@ -304,7 +304,7 @@ def run_protocol(hp:StudentHParams, # student hyperparameters (already scaled, s
         marks = checkpoint_steps(n_steps, checkpoints)
         for i, seed in enumerate(seeds):
             def on_step(done, student, i=i):   # an intermediate report: this student's fold CERs with the earlier seeds' final ones
-                if done not in marks or report is None: return
+                if done not in marks[:-1] or report is None: return   # the last one is scored below
                 now = {f: evaluate_fold(student, cache, folds[f], kd_cfg.eval_batch_size, device)[0] for f in folds}
                 report(i * len(marks) + marks.index(done), geometric_mean([*cers.values(), *now.values()]), now)
             r = train_student(hp, cache, train_ids, kd_cfg, seed, n_steps, device=device, progress=progress,

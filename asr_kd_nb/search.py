@@ -279,8 +279,10 @@ def kd_scorer(run_dir, # run directory with splits.json and the teacher cache
         out = dict(run_protocol(h, cache, splits, kd_cfg, train_ids, device, report=report, seeds=seeds, scale=scale,
                                  checkpoints=cfg.search.checkpoints))
         return {**out, 'train_ids': len(train_ids), 'n_params': count_parameters(build_student(h, len(cache.vocab)))}
-    score.n_reports = (len(kd_cfg.seeds) * len(checkpoint_steps(budget_steps(kd_cfg, len(train_ids), 4), cfg.search.checkpoints))
-                       if kd_cfg.protocol == 'independent' else len(splits['test_folds']))
+    def n_reports(hp:dict) -> int:   # reports of one trial: per seed, its checkpoints (fewer when the budget has fewer steps)
+        if kd_cfg.protocol != 'independent': return len(splits['test_folds'])
+        return len(kd_cfg.seeds) * len(checkpoint_steps(budget_steps(kd_cfg, len(train_ids), hp['minibatch_size']), cfg.search.checkpoints))
+    score.n_reports = n_reports
     return score
 
 def dry_run_scorer(run_dir, fraction:float, cfg) -> Callable[[dict, Callable], dict]:
@@ -352,6 +354,7 @@ def trial_objective(scorer:Callable, # hp dict, report -> {'gmean': ..., ...}
         trial.set_user_attr('worker', f'{socket.gethostname()}:{os.getpid()}')
         hp = suggest_hparams(trial, dims); trial.set_user_attr('hp', hp)
         last, n_reports = {}, getattr(scorer, 'n_reports', None)
+        if callable(n_reports): n_reports = n_reports(hp)   # reports may depend on the configuration (its batch size)
         def report(i, value, instances:dict|None=None):   # instances: {fold: CER} of the student just scored
             if pruner in INSTANCE_PRUNERS and instances:     # one step per (report, fold): the instances Wilcoxon pairs up
                 for j, v in enumerate(instances.values()): trial.report(float(v), int(i * len(instances) + j))
