@@ -453,7 +453,7 @@ def bench_main(what:str='all', # one of `BENCHES`
     for r in sc:
         print(f"student {r['student']} ({r['parameters']:,} parameters): {r['wall_s_per_utterance']*1e3:.1f} ms "
               f"({r['cpu_s_per_utterance']*1e3:.1f} CPU-ms) per utterance-epoch on {r['device']}")
-    print('P3 (pruners at equal best CER): not measured here -- it runs whole searches (see the search chapter)')
+    print('P3 (pruners at equal best CER): not measured here -- it runs whole searches: asr-kd bench pruners --run-dir RUN')
     return out
 
 # %% ../nbs/09_bench.ipynb #b018

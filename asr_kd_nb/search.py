@@ -653,7 +653,7 @@ def study_figures(study:optuna.Study, out_dir) -> list[str]:
         plots = [('history.png', lambda: ovm.plot_optimization_history(study, target_name='geometric-mean CER'),
                   f'best geometric-mean CER {best.value:.3f} at trial {best.number} of {c["finished"]}', 'trial', 'geometric-mean CER'),
                  ('intermediate.png', lambda: ovm.plot_intermediate_values(study),
-                  f'{c["PRUNED"]} of {c["finished"]} trials stopped early by the pruner', 'report (0: after the first seed\'s student)',
+                  f'{c["PRUNED"]} of {c["finished"]} trials stopped early by the pruner', 'report (0: the first scoring of the first seed\'s student)',
                   'reported CER'),
                  ('importances.png', lambda: ovm.plot_param_importances(
                      study, evaluator=optuna.importance.FanovaImportanceEvaluator(n_trees=32, seed=0)), None, 'importance (fANOVA, share)', None)]
