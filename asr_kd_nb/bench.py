@@ -685,11 +685,12 @@ def compare_pruners(run_dir, # run directory with the teacher stage done (its st
     scratch, rows, dirs = Path(tempfile.mkdtemp(prefix='asr-kd-pruners-')), [], {}
     try:
         for p in pruners:
-            dirs[p] = d = pruner_run_dir(run_dir, scratch/p, p, n_trials, checkpoints, dev, seed, overrides)
+            cp = 1 if p == 'none' else checkpoints   # the unpruned reference pays for no checkpoint it cannot use
+            dirs[p] = d = pruner_run_dir(run_dir, scratch/p, p, n_trials, cp, dev, seed, overrides)
             log.info('P3: %s, %d trials on %s', p, n_trials, dev)
             with GPUBusy(dev) as g: s = search_stage(d, fraction, workers=workers or None)
             b = read_json(d/'search'/f'{_study(fraction)}'/'best.json')
-            rows.append({'pruner': p, 'cpu_s': round(s['cpu_s'], 2), 'wall_s': s['wall_s'], 'trial_s': round(b['compute_s'], 2),
+            rows.append({'pruner': p, 'checkpoints': cp, 'cpu_s': round(s['cpu_s'], 2), 'wall_s': s['wall_s'], 'trial_s': round(b['compute_s'], 2),
                          'gpu_busy_s': g.busy_s, 'workers': s['workers'], 'finished': b['counts'].get('finished', 0), 'pruned': b['counts'].get('PRUNED', 0),
                          'complete': b['counts'].get('COMPLETE', 0), 'best_trial': (b['best'] or {}).get('number'),
                          'best_cer': (b['best'] or {}).get('gmean_cer'), 'best_hp': (b['best'] or {}).get('hp')})
