@@ -20,7 +20,8 @@ __all__ = ['log', 'BENCHES', 'GPU_CHECK_STEPS', 'PRUNER_NAMES', 'timeit', 'peak_
            'throughput_record', 'trials_per_hour', 'dry_run_dir', 'start_search_workers', 'study_worker_stats',
            'bench_workers', 'postgres_server', 'bench_many_workers', 'print_workers', 'bench_clustering',
            'student_cost', 'bench_main', 'environment', 'set_run_device', 'gpu_check', 'gpu_check_main',
-           'pruner_run_dir', 'noise_ceiling', 'pruner_winner', 'compare_pruners', 'print_pruners', 'pruners_main']
+           'pruner_run_dir', 'noise_ceiling', 'pruner_winner', 'GPUBusy', 'compare_pruners', 'print_pruners',
+           'pruners_main']
 
 # %% ../nbs/09_bench.ipynb #b005
 log = logging.getLogger(__name__)
@@ -453,7 +454,7 @@ def bench_main(what:str='all', # one of `BENCHES`
     for r in sc:
         print(f"student {r['student']} ({r['parameters']:,} parameters): {r['wall_s_per_utterance']*1e3:.1f} ms "
               f"({r['cpu_s_per_utterance']*1e3:.1f} CPU-ms) per utterance-epoch on {r['device']}")
-    print('P3 (pruners at equal best CER): not measured here -- it runs whole searches (see the search chapter)')
+    print('P3 (pruners at equal best CER): not measured here -- it runs whole searches: asr-kd bench pruners --run-dir RUN')
     return out
 
 # %% ../nbs/09_bench.ipynb #b018
@@ -596,6 +597,7 @@ def pruner_run_dir(run_dir, # the run whose teacher cache the trials use
                   ) -> Path:
     "A scratch run directory for one pruner's study: links to the run's splits, cache and teacher; its own config and storage."
     from asr_kd_nb.config import config_from_dict
+    import asr_kd_nb.search   # registers the `search` section
     src, dest = Path(run_dir).resolve(), Path(dest)
     if not (src/'cache').is_dir() or not (src/'splits.json').exists():
         raise FileNotFoundError(f'{src}: needs splits.json and cache/ (run the stages up to 03_teacher first)')
@@ -634,6 +636,31 @@ def pruner_winner(rows:list) -> str|None:
     ok = [r for r in rows if r.get('within_ceiling')]
     return min(ok, key=lambda r: r['cpu_s'])['pruner'] if ok else None
 
+# %% ../nbs/09_bench.ipynb #p304g
+class GPUBusy:
+    "GPU-busy seconds while the block runs: `nvidia-smi` utilisation sampled every `interval` s, times the wall time (None on CPU)."
+    def __init__(self, device:str, interval:float=0.5):
+        import shutil
+        self.on = str(device).startswith('cuda') and shutil.which('nvidia-smi') is not None
+        self.index, self.interval, self.samples, self.busy_s = (device.split(':')[1] if ':' in device else '0'), interval, [], None
+    def _poll(self):
+        while not self._stop.wait(self.interval):
+            try:
+                out = subprocess.run(['nvidia-smi', '--query-gpu=utilization.gpu', '--format=csv,noheader,nounits', '-i', self.index],
+                                     capture_output=True, text=True, timeout=5).stdout.strip()
+                self.samples.append(float(out.splitlines()[0]))
+            except (subprocess.SubprocessError, ValueError, IndexError): pass
+    def __enter__(self):
+        import threading
+        self.t0 = time.perf_counter()
+        if self.on:
+            self._stop = threading.Event(); self._th = threading.Thread(target=self._poll, daemon=True); self._th.start()
+        return self
+    def __exit__(self, *exc):
+        if self.on:
+            self._stop.set(); self._th.join()
+            if self.samples: self.busy_s = round(float(np.mean(self.samples)) / 100 * (time.perf_counter() - self.t0), 2)
+
 # %% ../nbs/09_bench.ipynb #p305
 def compare_pruners(run_dir, # run directory with the teacher stage done (its studies are not touched)
                     pruners:tuple=PRUNER_NAMES, # `PRUNERS` names to compare ('none' first: the unpruned reference)
@@ -645,7 +672,7 @@ def compare_pruners(run_dir, # run directory with the teacher stage done (its st
                     checkpoints:int=4, # reports per student (what a pruner can act on)
                     retrain_seeds:tuple=(0, 1), # seeds of each best configuration's retraining on the full data
                     overrides:dict|None=None, # {section: {key: value}} for every scratch run (e.g. a tiny kd budget)
-                    out=None, # folder for pruners.json/csv (default RUN_DIR/bench)
+                    out=None, # another folder that also gets pruners.json/csv (besides RUN_DIR/bench)
                    ) -> dict:
     "P3: one study per pruner (same seed and trials), trial CPU, pruned count, best CER, the best retrained with two seeds."
     import shutil, tempfile
@@ -655,16 +682,16 @@ def compare_pruners(run_dir, # run directory with the teacher stage done (its st
     bad = [p for p in pruners if p not in PRUNERS]
     if bad or not pruners: raise ValueError(f'pruners {bad or pruners}: choose from {sorted(PRUNERS)}')
     run_dir, dev = Path(run_dir).resolve(), check_device(device)
-    out = Path(out) if out else run_dir/'bench'; out.mkdir(parents=True, exist_ok=True)
     scratch, rows, dirs = Path(tempfile.mkdtemp(prefix='asr-kd-pruners-')), [], {}
     try:
         for p in pruners:
-            dirs[p] = d = pruner_run_dir(run_dir, scratch/p, p, n_trials, checkpoints, dev, seed, overrides)
+            cp = 1 if p == 'none' else checkpoints   # the unpruned reference pays for no checkpoint it cannot use
+            dirs[p] = d = pruner_run_dir(run_dir, scratch/p, p, n_trials, cp, dev, seed, overrides)
             log.info('P3: %s, %d trials on %s', p, n_trials, dev)
-            s = search_stage(d, fraction, workers=workers or None)
+            with GPUBusy(dev) as g: s = search_stage(d, fraction, workers=workers or None)
             b = read_json(d/'search'/f'{_study(fraction)}'/'best.json')
-            rows.append({'pruner': p, 'cpu_s': round(s['cpu_s'], 2), 'wall_s': s['wall_s'], 'trial_s': round(b['compute_s'], 2),
-                         'workers': s['workers'], 'finished': b['counts'].get('finished', 0), 'pruned': b['counts'].get('PRUNED', 0),
+            rows.append({'pruner': p, 'checkpoints': cp, 'cpu_s': round(s['cpu_s'], 2), 'wall_s': s['wall_s'], 'trial_s': round(b['compute_s'], 2),
+                         'gpu_busy_s': g.busy_s, 'workers': s['workers'], 'finished': b['counts'].get('finished', 0), 'pruned': b['counts'].get('PRUNED', 0),
                          'complete': b['counts'].get('COMPLETE', 0), 'best_trial': (b['best'] or {}).get('number'),
                          'best_cer': (b['best'] or {}).get('gmean_cer'), 'best_hp': (b['best'] or {}).get('hp')})
         # the best configuration of each pruner on the full training data, 2 seeds, the full budget (identical configurations once)
@@ -690,11 +717,13 @@ def compare_pruners(run_dir, # run directory with the teacher stage done (its st
                   'fraction': float(fraction), 'seed': load_config(dirs[pruners[0]]).seed, 'checkpoints': int(checkpoints),
                   'retrain_seeds': list(retrain_seeds), 'noise_ceiling': ceiling, 'ceiling_source': source,
                   'reference_cer': ref_cer, 'pruners': rows, 'winner': pruner_winner(rows),
-                  'gpu_busy_s': None, 'note': 'cpu_s: process CPU seconds of the trials (trials.csv); GPU-busy time is not measured',
+                  'note': 'cpu_s: process CPU seconds of the trials (trials.csv); gpu_busy_s: mean nvidia-smi utilisation x wall '
+                          '(None on a CPU or without nvidia-smi)',
                   'environment': environment(dev)}
     finally: shutil.rmtree(scratch, ignore_errors=True)
-    write_json(out/'pruners.json', result)
-    pd.DataFrame([{k: v for k, v in r.items() if k not in ('best_hp', 'retrained_seeds')} for r in rows]).to_csv(out/'pruners.csv', index=False)
+    for o in [run_dir/'bench'] + ([Path(out)] if out else []):
+        o.mkdir(parents=True, exist_ok=True); write_json(o/'pruners.json', result)
+        pd.DataFrame([{k: v for k, v in r.items() if k not in ('best_hp', 'retrained_seeds')} for r in rows]).to_csv(o/'pruners.csv', index=False)
     print_pruners(result)
     return result
 
@@ -706,10 +735,10 @@ def print_pruners(r:dict):
     "The P3 table on the console."
     print(f"P3 on {r['device']} ({r['workers']} workers): {r['n_trials']} trials per pruner, {r['checkpoints']} reports per student; "
           f"noise ceiling {r['noise_ceiling']:.4f} ({r['ceiling_source']})")
-    print(f"{'pruner':<20}{'CPU s':>9}{'share':>7}{'wall s':>8}{'pruned':>7}{'best CER':>10}{'retrained':>11}  within")
+    print(f"{'pruner':<20}{'CPU s':>9}{'share':>7}{'wall s':>8}{'GPU s':>7}{'pruned':>7}{'best CER':>10}{'retrained':>11}  within")
     for x in r['pruners']:
         f = lambda v, w, p: f'{v:>{w}.{p}f}' if v is not None else f'{"-":>{w}}'
-        print(f"{x['pruner']:<20}{f(x['cpu_s'], 9, 1)}{f(x['cpu_share'], 7, 2)}{f(x['wall_s'], 8, 1)}{x['pruned']:>7}"
+        print(f"{x['pruner']:<20}{f(x['cpu_s'], 9, 1)}{f(x['cpu_share'], 7, 2)}{f(x['wall_s'], 8, 1)}{f(x.get('gpu_busy_s'), 7, 1)}{x['pruned']:>7}"
               f"{f(x['best_cer'], 10, 4)}{f(x['retrained_cer'], 11, 4)}  {x['within_ceiling']}")
     print(f"winner (least CPU within the ceiling): {r['winner']}")
 

@@ -21,8 +21,8 @@ from .rundir import read_splits, fraction_ids
 # %% auto #0
 __all__ = ['log', 'LOSS_MODES', 'PROTOCOLS', 'BUDGETS', 'CER_FLOOR', 'TrainingDiverged', 'KDConfig', 'valid_mask', 'kd_loss',
            'length_buckets', 'epoch_steps', 'budget_steps', 'char_ids', 'encode_text', 'collate', 'TrainResult',
-           'train_student', 'transcribe', 'evaluate_fold', 'geometric_mean', 'run_protocol', 'available_cores',
-           'run_parallel', 'baseline_student', 'cer_by_group', 'real_time_factor']
+           'train_student', 'transcribe', 'evaluate_fold', 'geometric_mean', 'checkpoint_steps', 'run_protocol',
+           'available_cores', 'run_parallel', 'baseline_student', 'cer_by_group', 'real_time_factor']
 
 # %% ../nbs/05_kd.ipynb #c005
 log = logging.getLogger(__name__)
@@ -195,6 +195,7 @@ def train_student(hp:StudentHParams, # student hyperparameters (already scaled t
                   student:torch.nn.Module|None=None, # continue training this student ...
                   optimizer:torch.optim.Optimizer|None=None, # ... with this optimizer
                   progress:bool=False, # show a tqdm bar
+                  on_step:Callable|None=None, # on_step(done, student) after each step (a checkpoint may score it, or stop by raising)
                  ) -> TrainResult:
     "Train a student for `steps` optimizer steps from the cache only; raises `TrainingDiverged` on a NaN/inf loss."
     kd_cfg.validate(); hp.validate()
@@ -207,7 +208,7 @@ def train_student(hp:StudentHParams, # student hyperparameters (already scaled t
     frames, need_text = [cache.frames(i) for i in ids], kd_cfg.ctc_weight > 0
     losses, t0, c0, done, seen = [], time.time(), time.process_time(), 0, 0
     student.train()
-    devs = [torch.device(device).index or 0] if str(device).startswith('cuda') else []
+    devs = [torch.device(device).index if torch.device(device).index is not None else torch.cuda.current_device()] if str(device).startswith('cuda') else []
     with torch.random.fork_rng(devices=devs):
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
         bar = tqdm(total=steps, desc=f'KD seed {seed}', disable=not progress, mininterval=2)
@@ -229,6 +230,7 @@ def train_student(hp:StudentHParams, # student hyperparameters (already scaled t
                 torch.nn.utils.clip_grad_norm_(student.parameters(), kd_cfg.grad_clip)
                 optimizer.step()
                 losses.append(loss.item()); done += 1; seen += len(batch); bar.update()
+                if on_step is not None: on_step(done, student)
                 if progress: report_progress(f'KD seed {seed}', done, steps, 'steps', loss=round(losses[-1], 4))
         bar.close()
     return TrainResult(student, optimizer, losses, done, time.time() - t0, seen, time.process_time() - c0)
@@ -265,17 +267,25 @@ def geometric_mean(values) -> float:
     return float(np.exp(np.log(v).mean()))
 
 # %% ../nbs/05_kd.ipynb #c031
+def checkpoint_steps(steps:int, # a student's budget
+                     checkpoints:int=1, # reports wanted per student
+                    ) -> list[int]:
+    "Steps after which a student is scored: `checkpoints` evenly spaced points, the last one the end of its budget."
+    if checkpoints < 1: raise ValueError(f'checkpoints={checkpoints} must be >= 1')
+    return sorted({max(1, round(steps * (c + 1) / checkpoints)) for c in range(checkpoints)})
+
 def run_protocol(hp:StudentHParams, # student hyperparameters (already scaled, see `scale_hparams`)
                  cache, # emission cache
                  splits:dict, # contents of splits.json (its `test_folds` are scored)
                  kd_cfg:KDConfig, # budget, loss, protocol, seeds
                  train_ids:list[str], # training utterances (a data fraction of splits['train'])
                  device:str='cpu',
-                 report:Callable|None=None, # report(i, running geometric-mean CER) after each scored student
+                 report:Callable|None=None, # report(i, running geometric-mean CER, {fold: CER}) after each scoring
                  history:list|None=None, # if given, receives one dict per trained student (losses, student, hypotheses)
                  progress:bool=False, # tqdm bars during training
                  seeds:list|None=None, # train these seeds instead of `kd_cfg.seeds`
                  scale:float=1.0, # budget multiplier (2: each student trains twice as long)
+                 checkpoints:int=1, # reports per student ('independent'): after each 1/checkpoints of its budget
                 ) -> dict:
     "Train and score students by `kd_cfg.protocol`: dict(gmean, cers={'seed-S/FOLD': cer}, steps, utterances, cpu_s, wall_s)."
     kd_cfg.validate(); hp.validate()
@@ -288,13 +298,19 @@ def run_protocol(hp:StudentHParams, # student hyperparameters (already scaled, s
         hyps = {}
         for f in names:
             cers[f'seed-{seed}/{f}'], hyps[f] = evaluate_fold(student, cache, folds[f], kd_cfg.eval_batch_size, device)
-        if report is not None: report(i, geometric_mean(cers.values()))
+        if report is not None: report(i, geometric_mean(cers.values()), {f: cers[f'seed-{seed}/{f}'] for f in names})
         return hyps
     if kd_cfg.protocol == 'independent':
+        marks = checkpoint_steps(n_steps, checkpoints)
         for i, seed in enumerate(seeds):
-            r = train_student(hp, cache, train_ids, kd_cfg, seed, n_steps, device=device, progress=progress)
+            def on_step(done, student, i=i):   # an intermediate report: this student's fold CERs with the earlier seeds' final ones
+                if done not in marks[:-1] or report is None: return   # the last one is scored below
+                now = {f: evaluate_fold(student, cache, folds[f], kd_cfg.eval_batch_size, device)[0] for f in folds}
+                report(i * len(marks) + marks.index(done), geometric_mean([*cers.values(), *now.values()]), now)
+            r = train_student(hp, cache, train_ids, kd_cfg, seed, n_steps, device=device, progress=progress,
+                              on_step=on_step if len(marks) > 1 else None)
             steps += r.steps; seen += r.utterances
-            hyps = _score(i, seed, r.student, list(folds))
+            hyps = _score(i * len(marks) + len(marks) - 1, seed, r.student, list(folds))
             if history is not None: history.append({'seed': seed, 'folds': list(folds), 'losses': r.losses, 'train_s': r.wall_s,
                                                     'student': r.student, 'hyps': hyps})
     else:

@@ -460,10 +460,11 @@ def _parser() -> argparse.ArgumentParser:
     add_worker_args(s)
     b = sub.add_parser('bench', help='print performance figures (P1, P2, trials/hour, student cost; clustering; many workers)',
                        description='Measure and print performance figures on this machine: KD training speed and memory on a run\'s teacher cache (P1, P2, trials/hour at W = 1 and W = cores, student cost per utterance-epoch), clustering speed, or many search workers on one PostgreSQL/SQLite study. Timings depend on the machine and its load.')
-    b.add_argument('what', nargs='?', default='all', choices=['all', 'clustering', 'kd', 'workers'], help='which benchmark (default: all)')
+    b.add_argument('what', nargs='?', default='all', choices=['all', 'clustering', 'kd', 'workers', 'pruners'], help='which benchmark (default: all; pruners: P3)')
     b.add_argument('--run-dir', help='run directory with the teacher stage done (all, kd: uses its teacher and cache)')
     b.add_argument('--device', help="device to measure on (default: the run's config)")
-    b.add_argument('--workers', type=int, default=16, help='workers: worker processes per storage backend')
+    b.add_argument('--workers', type=int, help='workers: worker processes per storage backend (default 16); pruners: trial workers (default: per core / per GPU)')
+    b.add_argument('--n-trials', type=int, default=24, help='pruners: finished trials per pruner (default 24)')
     h = sub.add_parser('report', help='render the executed notebooks of a run to static HTML (no Quarto needed)',
                        description='Render a run\'s executed notebooks and its results to static HTML pages under RUN_DIR/report/html; '
                        'prints the path of the index page, which opens in any browser without a server.')
@@ -536,7 +537,11 @@ def main(argv:list|None=None) -> int:
             search_worker(a.run_dir, a.fraction, a.storage, a.n_trials, a.objective, export=not a.no_export, replicate=a.replicate); return 0
         if a.cmd == 'bench':
             from asr_kd_nb.bench import bench_main
-            bench_main(a.what, a.run_dir, a.device, a.workers); return 0
+            if a.what == 'pruners':
+                from asr_kd_nb.bench import pruners_main
+                return pruners_main(['--run-dir', a.run_dir or '', '--n-trials', str(a.n_trials), '--workers', str(a.workers or 0)]
+                                    + (['--device', a.device] if a.device else []))
+            bench_main(a.what, a.run_dir, a.device, a.workers or 16); return 0
         if a.cmd == 'publish':
             _say(f'published to {publish_results(a.run_dir, force=a.force)}; now run `asr-kd readme`'); return 0
         if a.cmd == 'readme':

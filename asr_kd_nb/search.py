@@ -19,12 +19,13 @@ from .rundir import (frac_key, frac_label, study_key, study_dir, fraction_ids, r
                               finished_studies, read_trials)
 
 # %% auto #0
-__all__ = ['log', 'HPARAMS', 'PAPER_SPACE_SPEC', 'fraction_key', 'study_name', 'Dimension', 'parse_dimension', 'dimension_values',
-           'parse_space', 'scale_space', 'scale_point', 'SearchConfig', 'suggest_hparams', 'hparams_from_params',
-           'paper_trials', 'kd_scorer', 'dry_run_scorer', 'shifting_scorer', 'load_scorer_factory', 'instance_value',
-           'trial_objective', 'storage_url', 'default_storage', 'public_url', 'StudyLock', 'open_storage',
-           'make_pruner', 'trial_counts', 'sampler_seed', 'search_worker', 'search_stage', 'trials_table',
-           'study_figures', 'export_study', 'add_worker_args', 'worker_main']
+__all__ = ['log', 'HPARAMS', 'PRUNERS', 'INSTANCE_PRUNERS', 'PAPER_SPACE_SPEC', 'fraction_key', 'study_name', 'Dimension',
+           'parse_dimension', 'dimension_values', 'parse_space', 'scale_space', 'scale_point', 'SearchConfig',
+           'suggest_hparams', 'hparams_from_params', 'paper_trials', 'kd_scorer', 'dry_run_scorer', 'shifting_scorer',
+           'load_scorer_factory', 'instance_value', 'trial_objective', 'storage_url', 'default_storage', 'public_url',
+           'StudyLock', 'open_storage', 'make_pruner', 'trial_counts', 'sampler_seed', 'search_worker',
+           'worker_devices', 'pin_device', 'search_stage', 'trials_table', 'study_figures', 'export_study',
+           'add_worker_args', 'worker_main']
 
 # %% ../nbs/06_search.ipynb #c006
 log = logging.getLogger(__name__)
@@ -161,6 +162,18 @@ _SMOKE_SPACE = {'hidden_layer_size': '2**int[3..6]', 'ffn_dim': '2**int[2..7]', 
                 'num_layers': 'int[1..2]', 'depthwise_conv_kernel_size': 'int[3..11] step 2', 'kernel_size': 'int[3..10]',
                 'dropout': 'float[0.1..0.5]', 'minibatch_size': 'int[4..16]', 'learning_rate': 'float[1e-06..0.01] log'}
 
+def _wilcoxon(sc):
+    with _quiet(): return optuna.pruners.WilcoxonPruner(p_threshold=sc.wilcoxon_p, n_startup_steps=sc.pruner_warmup_steps)
+
+PRUNERS = {   # name -> factory(SearchConfig); adding a pruner touches this dictionary only
+    'none': lambda sc: optuna.pruners.NopPruner(),
+    'median': lambda sc: optuna.pruners.MedianPruner(n_startup_trials=sc.pruner_startup_trials, n_warmup_steps=sc.pruner_warmup_steps),
+    'wilcoxon': _wilcoxon,
+    'successive_halving': lambda sc: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=sc.reduction_factor),
+    'hyperband': lambda sc: optuna.pruners.HyperbandPruner(min_resource=1, max_resource='auto', reduction_factor=sc.reduction_factor),
+}
+INSTANCE_PRUNERS = ('wilcoxon',)   # pruners that compare per-instance values (one report per fold CER), not running means
+
 @config_section('search')
 @dataclass
 class SearchConfig:
@@ -173,7 +186,10 @@ class SearchConfig:
     steps: int = 0                     # fixed training steps per student (ablation); 0: the `kd` section's budget (epochs)
     enqueue_paper: bool = True         # the paper's four best configurations (scaled to `space`) are the first trials
     sampler_startup_trials: int = 4    # TPE's random trials before it models the results (after the enqueued ones)
-    pruner: str = 'median'             # 'none', 'median' or 'wilcoxon'
+    pruner: str = 'median'             # a `PRUNERS` name: 'none', 'median', 'wilcoxon', 'successive_halving', 'hyperband'
+    checkpoints: int = 1               # reports per student: after each 1/checkpoints of its budget (what a pruner can act on)
+    reduction_factor: int = 3          # successive_halving / hyperband: keep 1 in reduction_factor trials at each rung
+    workers_per_device: int = 0        # local workers per device when search.workers=0: 0 = one per core on CPU, 4 per GPU
     pruner_startup_trials: int = 4     # median: finished trials before any pruning
     pruner_warmup_steps: int = 0       # median: reports before a trial may be pruned (0: after its first seed); wilcoxon: n_startup_steps
     wilcoxon_p: float = 0.1            # wilcoxon: p-value threshold
@@ -201,8 +217,10 @@ class SearchConfig:
 
     def __post_init__(self):
         parse_space(self.space)
-        if self.pruner not in ('none', 'median', 'wilcoxon'):
-            raise ValueError(f"search.pruner={self.pruner!r}; choose 'none', 'median' or 'wilcoxon'")
+        if self.pruner not in PRUNERS: raise ValueError(f'search.pruner={self.pruner!r}; choose one of {sorted(PRUNERS)}')
+        if self.checkpoints < 1: raise ValueError(f'search.checkpoints={self.checkpoints} must be >= 1')
+        if self.reduction_factor < 2: raise ValueError(f'search.reduction_factor={self.reduction_factor} must be >= 2')
+        if self.workers_per_device < 0: raise ValueError(f'search.workers_per_device={self.workers_per_device} must be >= 0')
         if self.n_trials < 1: raise ValueError(f'search.n_trials={self.n_trials} must be >= 1')
         if self.replicates < 1: raise ValueError(f'search.replicates={self.replicates} must be >= 1')
         if self.workers < 0: raise ValueError(f'search.workers={self.workers} must be >= 0 (0: every available core)')
@@ -249,7 +267,7 @@ def kd_scorer(run_dir, # run directory with splits.json and the teacher cache
               cfg, # the run's `StudyConfig`
              ) -> Callable[[dict, Callable], dict]:
     "The KD objective: `run_protocol` of the kd stage on the fraction's training utterances, for the kd budget (epochs)."
-    from asr_kd_nb.kd import run_protocol
+    from asr_kd_nb.kd import run_protocol, checkpoint_steps, budget_steps
     from asr_kd_nb.teacher import load_cache, set_threads
     from asr_kd_nb.conformer import build_student, count_parameters
     set_threads(int(os.environ.get('ASR_KD_THREADS') or cfg.kd.threads))   # a local stage worker's share, else kd.threads
@@ -258,9 +276,13 @@ def kd_scorer(run_dir, # run directory with splits.json and the teacher cache
     kd_cfg = cfg.kd if not cfg.search.steps else replace(cfg.kd, budget='steps', steps=cfg.search.steps)
     def score(hp:dict, report:Callable, seeds:list|None=None, scale:float=1.0) -> dict:
         h = StudentHParams(**hp).validate()
-        out = dict(run_protocol(h, cache, splits, kd_cfg, train_ids, device, report=report, seeds=seeds, scale=scale))
+        out = dict(run_protocol(h, cache, splits, kd_cfg, train_ids, device, report=report, seeds=seeds, scale=scale,
+                                 checkpoints=cfg.search.checkpoints))
         return {**out, 'train_ids': len(train_ids), 'n_params': count_parameters(build_student(h, len(cache.vocab)))}
-    score.n_reports = len(kd_cfg.seeds) if kd_cfg.protocol == 'independent' else len(splits['test_folds'])
+    def n_reports(hp:dict) -> int:   # reports of one trial: per seed, its checkpoints (fewer when the budget has fewer steps)
+        if kd_cfg.protocol != 'independent': return len(splits['test_folds'])
+        return len(kd_cfg.seeds) * len(checkpoint_steps(budget_steps(kd_cfg, len(train_ids), hp['minibatch_size']), cfg.search.checkpoints))
+    score.n_reports = n_reports
     return score
 
 def dry_run_scorer(run_dir, fraction:float, cfg) -> Callable[[dict, Callable], dict]:
@@ -322,7 +344,7 @@ def _diverged_types() -> tuple:
 
 def trial_objective(scorer:Callable, # hp dict, report -> {'gmean': ..., ...}
                     dims:dict, # `parse_space` output
-                    pruner:str='median', # the pruner in use ('none', 'median', 'wilcoxon'): what to report
+                    pruner:str='median', # the pruner in use (a `PRUNERS` name): what to report
                     on_start:Callable|None=None, # called with the trial before anything else (the worker releases its lock)
                    ) -> Callable[[optuna.Trial], float]:
     "The Optuna objective: sample nine hyperparameters, score them, record everything on the trial."
@@ -332,13 +354,16 @@ def trial_objective(scorer:Callable, # hp dict, report -> {'gmean': ..., ...}
         trial.set_user_attr('worker', f'{socket.gethostname()}:{os.getpid()}')
         hp = suggest_hparams(trial, dims); trial.set_user_attr('hp', hp)
         last, n_reports = {}, getattr(scorer, 'n_reports', None)
-        def report(i, value):
-            v = instance_value(i, value, last.get(i - 1)) if pruner == 'wilcoxon' else value
+        if callable(n_reports): n_reports = n_reports(hp)   # reports may depend on the configuration (its batch size)
+        def report(i, value, instances:dict|None=None):   # instances: {fold: CER} of the student just scored
+            if pruner in INSTANCE_PRUNERS and instances:     # one step per (report, fold): the instances Wilcoxon pairs up
+                for j, v in enumerate(instances.values()): trial.report(float(v), int(i * len(instances) + j))
+            else: trial.report(float(instance_value(i, value, last.get(i - 1)) if pruner in INSTANCE_PRUNERS else value), int(i))
             last[i] = value
-            trial.report(float(v), int(i))
             if n_reports is not None and i + 1 >= n_reports: return   # the last report: the trial is done, nothing to save
             if trial.should_prune():
-                msg = f'pruned after student {i + 1}: running geometric-mean CER {value:.4f}'
+                msg = f'pruned after student {i + 1}: running geometric-mean CER {value:.4f}' if n_reports is None else \
+                      f'pruned after report {i + 1} of {n_reports}: running geometric-mean CER {value:.4f}'
                 trial.set_user_attr('reason', msg); raise optuna.TrialPruned(msg)
         c0 = time.process_time()
         try: out = scorer(hp, report)
@@ -444,12 +469,8 @@ def open_storage(url:str, sc:SearchConfig) -> optuna.storages.RDBStorage:
     return st
 
 def make_pruner(sc:SearchConfig) -> optuna.pruners.BasePruner:
-    "The pruner named by `sc.pruner`."
-    if sc.pruner == 'median': return optuna.pruners.MedianPruner(n_startup_trials=sc.pruner_startup_trials,
-                                                                 n_warmup_steps=sc.pruner_warmup_steps)
-    if sc.pruner == 'wilcoxon':
-        with _quiet(): return optuna.pruners.WilcoxonPruner(p_threshold=sc.wilcoxon_p, n_startup_steps=sc.pruner_warmup_steps)
-    return optuna.pruners.NopPruner()
+    "The pruner named by `sc.pruner` (see `PRUNERS`)."
+    return PRUNERS[sc.pruner](sc)
 
 def trial_counts(study:optuna.Study) -> Counter:
     "Number of trials in each state (by state name), plus 'finished' (COMPLETE + PRUNED) and 'errors' (FAIL with a reason)."
@@ -539,24 +560,46 @@ def _raise_failures(study, sc):
                        f'last reason: {reasons[-1] if reasons else "?"}')
 
 # %% ../nbs/06_search.ipynb #c035b
-def _stage_worker(run_dir:str, fraction:float, objective=None) -> list[int]:
+def worker_devices(device:str, # the resolved device: 'cpu', 'cuda' (every visible GPU) or 'cuda:N' (that one)
+                   workers:int=0, # local workers in all (0: per_device on each device)
+                   per_device:int=0, # workers per device (0: one per core on CPU, 4 per GPU)
+                  ) -> list:
+    "The device of each local worker: None on CPU; on CUDA a GPU index, workers grouped per GPU (round-robin)."
+    if not str(device).startswith('cuda'):
+        from asr_kd_nb.kd import available_cores
+        return [None] * int(workers or (per_device * available_cores() if per_device else available_cores()))
+    import torch
+    gpus = [int(device.split(':')[1])] if ':' in device else list(range(torch.cuda.device_count()))
+    if not gpus: raise RuntimeError(f'device {device!r}: no CUDA device is visible')
+    n = int(workers or (per_device or 4) * len(gpus))
+    return sorted(gpus[k % len(gpus)] for k in range(n))
+
+def pin_device(index:int|None): # GPU index of this worker process (None: CPU, nothing to pin)
+    "Make GPU `index` the current device of this process, so that 'cuda' tensors of its trials go there."
+    if index is None: return
+    import torch
+    torch.cuda.set_device(int(index))
+
+def _stage_worker(run_dir:str, fraction:float, objective=None, device_index:int|None=None) -> list[int]:
     "One local worker of the search stage: trials of each replicate study of `fraction` in turn; the trials it ran per study."
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    pin_device(device_index)
     cfg = load_config(run_dir)
     return [search_worker(run_dir, fraction, objective=objective, export=False, replicate=r, wait=False)['ran']
             for r in range(cfg.search.replicates)]
 
 def search_stage(run_dir, # run directory (config, splits, teacher cache)
                  fraction:float, # data fraction: every replicate study of it
-                 workers:int|None=None, # local worker processes; None: `search.workers`, else every available core
+                 workers:int|None=None, # local worker processes; None: `search.workers`, else `search.workers_per_device` per device
                  objective=None, # scorer factory (with workers > 1: 'module:function'); None: the config's
                 ) -> dict:
     "The search stage of one fraction: W local workers through its R replicate studies, then their results and summary."
     from asr_kd_nb.kd import run_parallel, available_cores
     cfg = load_config(run_dir); sc = cfg.search
-    w = int(workers or sc.workers or available_cores())
+    devs = worker_devices(resolve_device(cfg.device), int(workers or sc.workers), sc.workers_per_device); w = len(devs)
     t0 = time.time()
-    ran = run_parallel(_stage_worker, [(str(run_dir), float(fraction), objective)] * w, workers=w, desc=f'{frac_label(fraction)} workers')
+    ran = run_parallel(_stage_worker, [(str(run_dir), float(fraction), objective, dv) for dv in devs], workers=w,
+                       desc=f'{frac_label(fraction)} workers')
     url, reps = storage_url(sc.storage or default_storage(run_dir)), []
     for r in range(sc.replicates):
         with _quiet(): study = optuna.load_study(study_name=study_name(fraction, r), storage=open_storage(url, sc))
@@ -610,7 +653,7 @@ def study_figures(study:optuna.Study, out_dir) -> list[str]:
         plots = [('history.png', lambda: ovm.plot_optimization_history(study, target_name='geometric-mean CER'),
                   f'best geometric-mean CER {best.value:.3f} at trial {best.number} of {c["finished"]}', 'trial', 'geometric-mean CER'),
                  ('intermediate.png', lambda: ovm.plot_intermediate_values(study),
-                  f'{c["PRUNED"]} of {c["finished"]} trials stopped early by the pruner', 'report (0: after the first seed\'s student)',
+                  f'{c["PRUNED"]} of {c["finished"]} trials stopped early by the pruner', 'report (0: the first scoring of the first seed\'s student)',
                   'reported CER'),
                  ('importances.png', lambda: ovm.plot_param_importances(
                      study, evaluator=optuna.importance.FanovaImportanceEvaluator(n_trees=32, seed=0)), None, 'importance (fANOVA, share)', None)]

@@ -44,21 +44,7 @@ fail() {   # name the step; leave a JSON saying which step failed when none was 
 }
 
 # --- packages: the machine's own torch/numpy/transformers, our pure-Python and cp312 extras from .whl/ ---------------------
-export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
-if ! $PY -c 'import optuna, papermill, jiwer, soundfile, ipykernel, fastcore, nbdev' 2>/dev/null; then
-  ls .whl/*.whl >/dev/null 2>&1 || fail install "packages missing and no wheels in .whl/ (download them as /work/.library/device/README.md says: cp312 manylinux wheels of the requirements.lock versions)"
-  say "installing $(ls .whl/*.whl | wc -l) wheels into /tmp/site"
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || fail install "pip install of .whl/*.whl"
-  export PYTHONPATH=/tmp/site:$PYTHONPATH
-  $PY -c 'import optuna, papermill, jiwer, soundfile, ipykernel, fastcore, nbdev' || fail install "imports after installing the wheels"
-fi
-if ! $PY -c 'from jupyter_client.kernelspec import KernelSpecManager as K; K().get_kernel_spec("asr-kd")' 2>/dev/null; then
-  say "registering the Jupyter kernel asr-kd under /tmp/jupyter"
-  $PY -m ipykernel install --prefix /tmp/jupyter --name asr-kd --display-name 'Python (asr-kd)' >/dev/null || fail kernel "ipykernel install"
-  export JUPYTER_PATH=/tmp/jupyter/share/jupyter${JUPYTER_PATH:+:$JUPYTER_PATH}
-fi
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+source "$ROOT/scripts/gpu-env.sh"
 
 # --- prepare: the CPU-only stages (eSpeak NG corpus, clustering, splits) here, carried to the GPU machine ------------------
 prepare() {

@@ -110,12 +110,12 @@ def test_nan_loss_raises_training_diverged():
 
 def test_report_called_per_seed_and_pruning_propagates(toy, splits):
     seen = []
-    res = run_protocol(HP, toy, splits, KDConfig(budget="steps", steps=5, seeds=[1, 2, 3]), splits['train'], report=lambda i, v: seen.append((i, v)))
+    res = run_protocol(HP, toy, splits, KDConfig(budget="steps", steps=5, seeds=[1, 2, 3]), splits['train'], report=lambda i, v, folds: seen.append((i, v)))
     assert [i for i, _ in seen] == [0, 1, 2] and seen[-1][1] == pytest.approx(res['gmean'])
 
     class Pruned(Exception): pass
     calls = []
-    def prune(i, v): calls.append(i); raise Pruned()
+    def prune(i, v, folds): calls.append(i); raise Pruned()
     with pytest.raises(Pruned):
         run_protocol(HP, toy, splits, KDConfig(budget="steps", steps=5, seeds=[1, 2, 3]), splits['train'], report=prune)
     assert calls == [0]                                               # stopped after the first seed
