@@ -41,14 +41,11 @@ def test_pruning_saves_cpu_for_the_same_best(tmp_path, pruner):
     assert out[pruner]['best']['gmean_cer'] == pytest.approx(out['none']['best']['gmean_cer'])   # same sampler seed, same best
 
 @pytest.fixture(scope='module')
-def teacher_run(tmp_path_factory):
-    "A smoke run directory with the stages up to the teacher cache (ASR_KD_TEACHER_RUN names a ready one, else it is made)."
+def teacher_run(smoke_run):
+    "A smoke run directory with the teacher cache: ASR_KD_TEACHER_RUN names a ready one, else the session's smoke study is used."
     ready = os.environ.get('ASR_KD_TEACHER_RUN')
     if ready and (Path(ready)/'cache').is_dir(): return Path(ready)
-    d = tmp_path_factory.mktemp('p3')/'run'
-    r = asr_kd('run', '--preset', 'smoke', '--run-dir', d, '--stages', '00_corpus', '01_clustering', '02_splits', '03_teacher', '--no-progress')
-    assert r.returncode == 0, r.stderr[-4000:]
-    return d
+    return Path(smoke_run['dir'])
 
 P3_KEYS = {'device', 'workers', 'n_trials', 'seed', 'checkpoints', 'noise_ceiling', 'ceiling_source', 'pruners', 'winner', 'retrain_seeds'}
 ROW_KEYS = {'pruner', 'cpu_s', 'wall_s', 'trial_s', 'pruned', 'finished', 'best_cer', 'best_hp', 'retrained_cer', 'retrained_seeds',
