@@ -148,7 +148,7 @@ def train_and_score(run_dir, # run directory
     "One student of `hp` on `fraction` for the epoch budget: {gmean, cers, steps, train_ids, cpu_s} (NaN CER if it diverged)."
     run_dir, c0 = str(Path(run_dir).resolve()), time.process_time()
     scorer = _scorer(run_dir, frac_key(fraction), config_hash(read_json(run_path(run_dir, 'config'))))
-    try: out = scorer(dict(hp), lambda i, v: None, seeds=[int(seed)], scale=float(scale))
+    try: out = scorer(dict(hp), lambda *report: None, seeds=[int(seed)], scale=float(scale))
     except TrainingDiverged as e: out = {'gmean': float('nan'), 'reason': str(e)[:300]}
     return {'gmean': float(out['gmean']), 'cers': {k: float(v) for k, v in (out.get('cers') or {}).items()},
             'steps': out.get('steps'), 'utterances': out.get('utterances'), 'train_ids': out.get('train_ids'),

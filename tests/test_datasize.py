@@ -127,7 +127,7 @@ def test_kd_scorer_trains_each_fraction_on_its_ids_for_the_epoch_budget(tmp_path
     hp = asdict(scale_hparams(PAPER_BEST['1.0'], cfg.conformer))
     for f in (1.0, 0.5, 0.3):
         calls.clear()
-        out = kd_scorer(run, f, cfg)(hp, lambda i, v: None)
+        out = kd_scorer(run, f, cfg)(hp, lambda *report: None)
         ids = fraction_ids(run, f)
         assert len(calls) == 2 and all(c[0] == ids for c in calls)                       # exactly this fraction's ids
         want = kd.budget_steps(cfg.kd, len(ids), hp['minibatch_size'])
