@@ -7,23 +7,24 @@ and the student's MFCCs are computed once into a memory-mapped cache."""
 from __future__ import annotations
 import hashlib, json, logging, math, os, shutil, time
 from dataclasses import dataclass, asdict
-from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
-import numpy as np, soundfile as sf, torch, torch.nn as nn, torch.nn.functional as F, torchaudio, jiwer
+import numpy as np, soundfile as sf, torch, torch.nn as nn, torch.nn.functional as F, torchaudio
 from tqdm.auto import tqdm
 from .config import (config_section, load_config, write_json, read_json, config_hash, resolve_device, derive_seed,
                               resolve_source, report_progress, config_source)
 from .corpus import Utterance, read_manifest, decode_audio, normalize_text, SAMPLE_RATE, VOCAB_CHARS
+# the emission contract lives in `emissions`; its names stay importable from here for the chapters that still do
+from .emissions import (MFCC_SETTINGS, ctc_greedy_decode, cer, wer, student_mfcc, align_frames, EmissionCache,
+                                 load_cache, cache_hypothesis)
+from .masking import MaskSlot, masked_conformer
 
 # %% auto #0
-__all__ = ['log', 'PAPER_TEACHER', 'PAPER_REVISION', 'MFCC_SETTINGS', 'PRECISIONS', 'WIN', 'HOP', 'CONFORMER_ARCH', 'PROB_TOL',
-           'CACHE_FORMAT', 'TeacherConfig', 'set_threads', 'ctc_greedy_decode', 'cer', 'wer', 'student_mfcc',
-           'align_frames', 'teacher_autocast', 'Teacher', 'ConformerCTC', 'HFCTC', 'hf_vocab', 'make_w2v2',
-           'weights_sha256', 'save_conformer', 'load_teacher', 'text_ids', 'train_ctc', 'file_sha256',
+__all__ = ['log', 'PAPER_TEACHER', 'PAPER_REVISION', 'PRECISIONS', 'WIN', 'HOP', 'CONFORMER_ARCH', 'PROB_TOL', 'CACHE_FORMAT',
+           'TeacherConfig', 'set_threads', 'teacher_autocast', 'Teacher', 'ConformerCTC', 'HFCTC', 'hf_vocab',
+           'make_w2v2', 'weights_sha256', 'save_conformer', 'load_teacher', 'text_ids', 'train_ctc', 'file_sha256',
            'build_teacher_model', 'obtain_teacher', 'precision_error', 'choose_precision', 'teacher_key',
-           'cache_manifests', 'cache_key', 'cache_emissions', 'EmissionCache', 'load_cache', 'check_frame_rate',
-           'cache_hypothesis', 'teacher_cers', 'teacher_stage']
+           'cache_manifests', 'cache_key', 'cache_emissions', 'check_frame_rate', 'teacher_cers', 'teacher_stage']
 
 # %% ../nbs/03_teacher.ipynb #c006
 log = logging.getLogger(__name__)
@@ -80,59 +81,6 @@ def set_threads(n:int=0) -> int: # 0 = every core this process may use
     torch.set_num_threads(n)
     return n
 
-# %% ../nbs/03_teacher.ipynb #c011
-def ctc_greedy_decode(logprobs_or_ids, # [T,V] scores (torch or numpy, any float dtype) or [T] best ids
-                      vocab:list, # id -> text ('' for special tokens, ' ' for the word delimiter)
-                      blank_id:int, # CTC blank id
-                     ) -> str:
-    "Text of the best path: argmax per frame, repeats merged, blanks removed, spaces collapsed."
-    x = np.asarray(logprobs_or_ids.detach().cpu() if isinstance(logprobs_or_ids, torch.Tensor) else logprobs_or_ids)
-    if x.ndim not in (1, 2): raise ValueError(f'expected [T,V] scores or [T] ids, got shape {x.shape}')
-    ids = x.argmax(-1) if x.ndim == 2 else x.astype(np.int64)
-    keep = ids[(ids != blank_id) & np.concatenate([[True], ids[1:] != ids[:-1]])]
-    return ' '.join(''.join(vocab[i] for i in keep).split())
-
-def cer(refs:list, # reference transcripts
-        hyps:list, # hypotheses, same order
-       ) -> float:
-    "Character error rate summed over all utterances (jiwer)."
-    if len(refs) != len(hyps): raise ValueError(f'{len(refs)} references but {len(hyps)} hypotheses')
-    if not refs: raise ValueError('cer of an empty set of utterances is undefined')
-    return float(jiwer.cer(list(refs), list(hyps)))
-
-def wer(refs:list, # reference transcripts
-        hyps:list, # hypotheses, same order
-       ) -> float:
-    "Word error rate summed over all utterances (jiwer), the companion of `cer`."
-    if len(refs) != len(hyps): raise ValueError(f'{len(refs)} references but {len(hyps)} hypotheses')
-    if not refs: raise ValueError('wer of an empty set of utterances is undefined')
-    return float(jiwer.wer(list(refs), list(hyps)))
-
-# %% ../nbs/03_teacher.ipynb #c014
-MFCC_SETTINGS = dict(sample_rate=SAMPLE_RATE, n_mfcc=13, n_mels=64, n_fft=512, win_length=400, hop_length=320, center=False,
-                     power=2.0, f_min=200.0, f_max=5000.0)
-
-@lru_cache(maxsize=1)
-def _mfcc_transform():
-    s = MFCC_SETTINGS
-    return torchaudio.transforms.MFCC(sample_rate=s['sample_rate'], n_mfcc=s['n_mfcc'], melkwargs={
-        k: s[k] for k in ('n_mels', 'n_fft', 'win_length', 'hop_length', 'center', 'power', 'f_min', 'f_max')})
-
-def student_mfcc(wave) -> np.ndarray: # 16 kHz mono waveform
-    "The student's 13 MFCCs of `wave`, float32 [T,13] (the paper's settings)."
-    x = torch.as_tensor(np.asarray(wave, dtype=np.float32))
-    if x.ndim != 1: raise ValueError(f'expected a mono waveform [N], got shape {tuple(x.shape)}')
-    if len(x) < MFCC_SETTINGS['n_fft']: x = F.pad(x, (0, MFCC_SETTINGS['n_fft'] - len(x)))
-    with torch.no_grad(): return _mfcc_transform()(x).T.contiguous().numpy().astype(np.float32)
-
-def align_frames(feats:np.ndarray, # [T,D] frame features
-                 n_frames:int, # the teacher's frame count
-                ) -> np.ndarray:
-    "`feats` cut, or padded with zero frames, to exactly `n_frames` rows."
-    if n_frames < 0: raise ValueError(f'n_frames={n_frames} must be >= 0')
-    if len(feats) >= n_frames: return feats[:n_frames]
-    return np.concatenate([feats, np.zeros((n_frames - len(feats),) + feats.shape[1:], feats.dtype)])
-
 # %% ../nbs/03_teacher.ipynb #c017
 PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
@@ -167,20 +115,28 @@ class Teacher:
 
     def __repr__(self): return f'Teacher({self.identity.get("architecture")}, {self.n_params:,} parameters, {len(self.vocab)} tokens)'
 
+# %% ../nbs/03_teacher.ipynb #h14t01
+def _spec_augment(f:torch.Tensor, t:torch.Tensor, gen:torch.Generator, n_freq:int=2, freq_w:int=12, n_time:int=2,
+                  time_frac:float=0.05) -> torch.Tensor:
+    "Zero `n_freq` random bands of up to `freq_w` channels and `n_time` spans of up to `time_frac` of each clip."
+    B, T, M = f.shape
+    keep = torch.ones(B, T, M)
+    for b in range(B):
+        for _ in range(n_freq):
+            w = int(torch.randint(0, freq_w + 1, (1,), generator=gen)); s = int(torch.randint(0, M - w + 1, (1,), generator=gen))
+            keep[b, :, s:s + w] = 0
+        tw = max(1, int(time_frac * int(t[b])))
+        for _ in range(n_time):
+            w = int(torch.randint(0, tw + 1, (1,), generator=gen)); s = int(torch.randint(0, max(1, int(t[b]) - w + 1), (1,), generator=gen))
+            keep[b, s:s + w] = 0
+    return f * keep.to(f.device)
+
 # %% ../nbs/03_teacher.ipynb #c019
 WIN, HOP = 400, 320   # samples: 25 ms windows, 20 ms hop (wav2vec2's receptive field and stride)
 
 def _conv_frames(n_samples:torch.Tensor) -> torch.Tensor:
     "Frames of a 400-sample window at a 320-sample hop without padding (wav2vec2's formula)."
     return torch.div(n_samples - WIN, HOP, rounding_mode='floor').clamp(min=-1) + 1
-
-class _MaskedConv(nn.Module):
-    "A depthwise Conv1d that zeroes padded frames of its input first (the mask is set per batch by the owner)."
-    def __init__(self, conv:nn.Module, state:dict):
-        super().__init__(); self.conv, self._state = conv, state
-    def forward(self, x):  # x [B,C,T]
-        m = self._state.get('mask')
-        return self.conv(x if m is None else x * m)
 
 def _pad_waves(waves:list, device) -> tuple[torch.Tensor, torch.Tensor]:
     "Zero-padded [B,N] float tensor and sample counts [B] (clips shorter than one window padded to it)."
@@ -200,11 +156,8 @@ class ConformerCTC(nn.Module):
         self.mel = torchaudio.transforms.MelSpectrogram(SAMPLE_RATE, n_fft=WIN, win_length=WIN, hop_length=HOP, n_mels=n_mels,
                                                         center=False, power=2.0)
         self.proj = nn.Sequential(nn.Linear(n_mels, hidden), nn.Dropout(dropout))
-        self.conformer = torchaudio.models.Conformer(hidden, num_heads, ffn_dim, num_layers, conv_kernel, dropout)
-        self._state = {}
-        for layer in self.conformer.conformer_layers:
-            seq = layer.conv_module.sequential
-            seq[2] = _MaskedConv(seq[2], self._state)
+        self.slot = MaskSlot()
+        self.conformer = masked_conformer(hidden, num_heads, ffn_dim, num_layers, conv_kernel, dropout, self.slot)
         self.out = nn.Linear(hidden, vocab_size)
 
     def n_frames(self, n_samples:torch.Tensor) -> torch.Tensor: return _conv_frames(n_samples.clamp(min=WIN))
@@ -225,25 +178,9 @@ class ConformerCTC(nn.Module):
 
     def forward(self, waves:list, gen:torch.Generator|None=None):
         f, t = self.features(waves, gen)
-        self._state['mask'] = (torch.arange(f.shape[1], device=f.device)[None] < t[:, None]).unsqueeze(1).to(f.dtype)
-        try: y, _ = self.conformer(self.proj(f), t)
-        finally: self._state['mask'] = None
+        with self.slot.frames(t, f.shape[1]): y, _ = self.conformer(self.proj(f), t)
         return self.out(y), t
 
-def _spec_augment(f:torch.Tensor, t:torch.Tensor, gen:torch.Generator, n_freq:int=2, freq_w:int=12, n_time:int=2,
-                  time_frac:float=0.05) -> torch.Tensor:
-    "Zero `n_freq` random bands of up to `freq_w` channels and `n_time` spans of up to `time_frac` of each clip."
-    B, T, M = f.shape
-    keep = torch.ones(B, T, M)
-    for b in range(B):
-        for _ in range(n_freq):
-            w = int(torch.randint(0, freq_w + 1, (1,), generator=gen)); s = int(torch.randint(0, M - w + 1, (1,), generator=gen))
-            keep[b, :, s:s + w] = 0
-        tw = max(1, int(time_frac * int(t[b])))
-        for _ in range(n_time):
-            w = int(torch.randint(0, tw + 1, (1,), generator=gen)); s = int(torch.randint(0, max(1, int(t[b]) - w + 1), (1,), generator=gen))
-            keep[b, s:s + w] = 0
-    return f * keep.to(f.device)
 
 # %% ../nbs/03_teacher.ipynb #c023
 class HFCTC(nn.Module):
@@ -316,6 +253,36 @@ def save_conformer(model:ConformerCTC, vocab:list, blank_id:int, d) -> Path:
     return d
 
 # %% ../nbs/03_teacher.ipynb #c029
+def _upgrade_conformer_state(sd:dict) -> dict:
+    "State dict of a Conformer-CTC saved before the shared masked Conformer (`….sequential.2.conv.*` keys) in today's names."
+    return {k.replace('.conv_module.sequential.2.conv.', '.conv_module.sequential.2.'): v for k, v in sd.items()}
+
+def _load_conformer(src, cfg:dict, device:str) -> Teacher:
+    "Our Conformer-CTC teacher from directory `src` with its `config.json` dict `cfg`."
+    from safetensors.torch import load_file
+    model = ConformerCTC(**cfg['hparams'])
+    missing, unexpected = model.load_state_dict(_upgrade_conformer_state(load_file(str(Path(src)/'model.safetensors'))), strict=False)
+    if missing or unexpected:
+        raise ValueError(f'{src}/model.safetensors does not fit this package\'s Conformer-CTC (missing {missing[:3]}, unexpected '
+                         f'{unexpected[:3]}): retrain it (delete {src}/training.json and rerun stage 03_teacher)')
+    ident = {'architecture': CONFORMER_ARCH, 'source': str(Path(src).resolve()), 'revision': None, 'weights_sha256': weights_sha256(src)}
+    return Teacher(model, cfg['vocab'], cfg['blank_id'], ident, device)
+
+# %% ../nbs/03_teacher.ipynb #h14t05
+def _load_hf(src:str, kind:str, revision:str|None, device:str) -> Teacher:
+    "A `Wav2Vec2ForCTC` teacher from a hub id (`kind='hub'`) or a `save_pretrained` directory."
+    from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
+    if kind == 'hub' and not revision: log.warning('teacher %s is not pinned to a revision; set teacher.revision', src)
+    processor = Wav2Vec2Processor.from_pretrained(src, revision=revision or None)
+    model = Wav2Vec2ForCTC.from_pretrained(src, revision=revision or None)
+    vocab, blank = hf_vocab(processor, model.config.vocab_size)
+    hub = kind == 'hub'
+    ident = {'architecture': 'wav2vec2-ctc', 'source': src if hub else str(Path(src).resolve()),
+             'revision': (revision or 'main') if hub else None, 'commit': getattr(model.config, '_commit_hash', None) if hub else None,
+             'weights_sha256': None if hub else weights_sha256(src)}
+    return Teacher(HFCTC(model, processor), vocab, blank, ident, device)
+
+# %% ../nbs/03_teacher.ipynb #h14t06
 def load_teacher(id_or_path:str, # hub id (`owner/name`) or directory (wav2vec2 `save_pretrained` or our Conformer-CTC)
                  revision:str|None=None, # pinned hub revision (ignored for directories)
                  device:str='cpu', # 'cpu', 'cuda[:N]' or 'auto'
@@ -325,23 +292,8 @@ def load_teacher(id_or_path:str, # hub id (`owner/name`) or directory (wav2vec2 
     kind, src = resolve_source(id_or_path, 'teacher model', 'teacher.source')
     cfg = read_json(Path(src)/'config.json') if kind == 'local' and (Path(src)/'config.json').exists() else {}
     if kind == 'local' and not cfg: raise FileNotFoundError(f'teacher directory {src} has no config.json')
-    if cfg.get('architecture') == CONFORMER_ARCH:
-        from safetensors.torch import load_file
-        model = ConformerCTC(**cfg['hparams'])
-        model.load_state_dict(load_file(str(Path(src)/'model.safetensors')))
-        ident = {'architecture': CONFORMER_ARCH, 'source': str(Path(src).resolve()), 'revision': None,
-                 'weights_sha256': weights_sha256(src)}
-        return Teacher(model, cfg['vocab'], cfg['blank_id'], ident, device)
-    from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
-    if kind == 'hub' and not revision: log.warning('teacher %s is not pinned to a revision; set teacher.revision', src)
-    processor = Wav2Vec2Processor.from_pretrained(src, revision=revision or None)
-    model = Wav2Vec2ForCTC.from_pretrained(src, revision=revision or None)
-    vocab, blank = hf_vocab(processor, model.config.vocab_size)
-    ident = {'architecture': 'wav2vec2-ctc', 'source': src if kind == 'hub' else str(Path(src).resolve()),
-             'revision': (revision or 'main') if kind == 'hub' else None,
-             'commit': getattr(model.config, '_commit_hash', None) if kind == 'hub' else None,
-             'weights_sha256': weights_sha256(src) if kind == 'local' else None}
-    return Teacher(HFCTC(model, processor), vocab, blank, ident, device)
+    if cfg.get('architecture') == CONFORMER_ARCH: return _load_conformer(src, cfg, device)
+    return _load_hf(src, kind, revision, device)
 
 # %% ../nbs/03_teacher.ipynb #c032
 def text_ids(text:str, vocab:list) -> list[int]:
@@ -576,37 +528,6 @@ def cache_emissions(run_dir, # run directory (reads corpus manifests, writes cac
     log.info('emission cache: %d utterances, %d frames, %.1f MB in %.0f s', len(ids), offsets[-1], idx['bytes'] / 1e6, idx['build_s'])
     return idx
 
-# %% ../nbs/03_teacher.ipynb #c042
-class EmissionCache:
-    "Read-only view of `cache/`: per utterance the student's MFCCs and the teacher's log-probabilities, memory-mapped."
-    def __init__(self, cache_dir): # the `cache/` folder of a run directory
-        d = Path(cache_dir)
-        if not (d/'index.json').exists(): raise FileNotFoundError(f'no complete emission cache in {d}: run stage 03_teacher first')
-        idx = read_json(d/'index.json')
-        self.dir, self.key, self.identity = d, idx['key'], idx['teacher']
-        self.ids, self.vocab, self.blank_id = list(idx['ids']), list(idx['vocab']), int(idx['blank_id'])
-        self.n_main, self.n_ood = idx['n_main'], idx['n_ood']
-        self._row = {u: i for i, u in enumerate(self.ids)}
-        self._frames, self._off, self._texts = idx['frames'], idx['offsets'], idx['texts']
-        self._lp, self._mf = np.load(d/'logprobs.npy', mmap_mode='r'), np.load(d/'mfcc.npy', mmap_mode='r')
-
-    def _i(self, uid):
-        if uid not in self._row: raise KeyError(f'utterance {uid!r} is not in the emission cache {self.dir}')
-        return self._row[uid]
-    def frames(self, uid) -> int: return self._frames[self._i(uid)]
-    def text(self, uid) -> str: return self._texts[self._i(uid)]
-    def get(self, uid) -> tuple[np.ndarray, np.ndarray]:
-        "(MFCC float32 [T,13], teacher log-probabilities float16 [T,V]) of utterance `uid`, memory-mapped (read-only)."
-        i = self._i(uid); s, e = self._off[i], self._off[i] + self._frames[i]
-        return self._mf[s:e], self._lp[s:e]
-    def __len__(self): return len(self.ids)
-    def __contains__(self, uid): return uid in self._row
-    def __repr__(self): return f'EmissionCache({len(self)} utterances, {len(self.vocab)} tokens, {self.dir})'
-
-def load_cache(run_dir) -> EmissionCache: # run directory
-    "The emission cache of `run_dir` (raises when it is missing or unfinished)."
-    return EmissionCache(Path(run_dir)/'cache')
-
 # %% ../nbs/03_teacher.ipynb #h11t03
 def check_frame_rate(teacher:Teacher, # the loaded teacher
                      seconds:float=1.0, # probe clip length
@@ -630,10 +551,6 @@ def check_frame_rate(teacher:Teacher, # the loaded teacher
     return rec
 
 # %% ../nbs/03_teacher.ipynb #c046
-def cache_hypothesis(cache:EmissionCache, uid:str) -> str:
-    "Greedy transcript of utterance `uid` from its cached teacher log-probabilities."
-    return normalize_text(ctc_greedy_decode(cache.get(uid)[1], cache.vocab, cache.blank_id))
-
 def teacher_cers(cache:EmissionCache, # the emission cache
                  folds:dict, # fold name -> utterance ids (e.g. splits.json's test_folds)
                  n_examples:int=3, # reference/hypothesis pairs kept per fold
