@@ -11,15 +11,17 @@ from pathlib import Path
 import numpy as np, torch
 from .config import load_config, read_json, write_json, resolve_device, check_device
 from .conformer import PAPER_BEST, build_student, scale_hparams, N_MFCC
-from .teacher import set_threads, load_cache, load_teacher, student_mfcc, align_frames
+from .emissions import load_cache, student_mfcc, align_frames
+from .teacher import set_threads, load_teacher
 from .kd import collate, kd_loss, train_student, evaluate_fold
 
 # %% auto #0
 __all__ = ['log', 'BENCHES', 'GPU_CHECK_STEPS', 'timeit', 'peak_rss_mib', 'peak_memory_mib', 'reset_peak_memory',
-           'large_wav2vec2_config', 'hf_teacher_fn', 'teacher_collate', 'bench_kd', 'print_bench_kd', 'TrialPool',
-           'throughput_record', 'trials_per_hour', 'dry_run_dir', 'start_search_workers', 'study_worker_stats',
-           'bench_workers', 'postgres_server', 'bench_many_workers', 'print_workers', 'bench_clustering',
-           'student_cost', 'bench_main', 'environment', 'set_run_device', 'gpu_check', 'gpu_check_main']
+           'large_wav2vec2_config', 'hf_teacher_fn', 'teacher_collate', 'kd_step', 'bench_kd', 'print_bench_kd',
+           'TrialPool', 'throughput_record', 'trials_per_hour', 'dry_run_dir', 'start_search_workers',
+           'study_worker_stats', 'bench_workers', 'postgres_server', 'bench_many_workers', 'print_workers',
+           'bench_clustering', 'student_cost', 'bench_main', 'environment', 'set_run_device', 'gpu_check',
+           'parse_overrides', 'gpu_check_main']
 
 # %% ../nbs/09_bench.ipynb #b005
 log = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ def large_wav2vec2_config(vocab_size:int):
                           feat_extract_norm='layer', do_stable_layer_norm=True, conv_bias=True, feat_extract_activation='gelu',
                           vocab_size=vocab_size, pad_token_id=0)
 
+# %% ../nbs/09_bench.ipynb #h14b02
 def hf_teacher_fn(model, device:str='cpu'):
     "Batch of waves → (log-probs, frame counts) with a bare `Wav2Vec2ForCTC` on `device` (normalised input, attention mask)."
     def fn(waves):
@@ -75,6 +78,7 @@ def hf_teacher_fn(model, device:str='cpu'):
         return lp, model._get_feat_extract_output_lengths(am.sum(1))
     return fn
 
+# %% ../nbs/09_bench.ipynb #h14b04
 def teacher_collate(teacher_fn, manifest:dict, ids:list[str], device:str='cpu') -> dict:
     "The original data path: decode audio, run the teacher, MFCCs aligned to its frames, pad; the batch on `device`."
     from asr_kd_nb.corpus import decode_audio
@@ -86,14 +90,44 @@ def teacher_collate(teacher_fn, manifest:dict, ids:list[str], device:str='cpu') 
         f = align_frames(student_mfcc(w), int(n)); x[k, :len(f)] = torch.from_numpy(np.asarray(f, dtype=np.float32))
     return {'feats': x.to(device), 'teacher': lp[:, :T].float().to(device), 'lengths': lens.long().to(device)}
 
+# %% ../nbs/09_bench.ipynb #h14b07
 def _to(b:dict, device:str) -> dict: return {k: v.to(device, non_blocking=True) for k, v in b.items()}
 
-def _kd_step(student, opt, b, kd_cfg):
-    loss = kd_loss(student(b['feats'], b['lengths']), b['teacher'], b['lengths'], kd_cfg.loss, kd_cfg.temperature)
-    opt.zero_grad(set_to_none=True); loss.backward()
-    torch.nn.utils.clip_grad_norm_(student.parameters(), kd_cfg.grad_clip); opt.step()
+def kd_step(student:torch.nn.Module, optimizer:torch.optim.Optimizer, # the student and its optimiser
+            batch:dict, # `collate` output on the student's device (feats, teacher, lengths; targets for a CTC term)
+            kd_cfg, # the run's `kd` section: loss mode, temperature, CTC weight, clipping
+            blank_id:int=0) -> float: # CTC blank (used with a CTC term)
+    "One KD training step (loss, backward, clip, optimiser step); returns the loss."
+    loss = kd_loss(student(batch['feats'], batch['lengths']), batch['teacher'], batch['lengths'], kd_cfg.loss, kd_cfg.temperature,
+                   kd_cfg.ctc_weight, batch.get('targets'), batch.get('target_lengths'), blank_id)
+    optimizer.zero_grad(set_to_none=True); loss.backward()
+    torch.nn.utils.clip_grad_norm_(student.parameters(), kd_cfg.grad_clip); optimizer.step()
+    return loss.item()
 
 # %% ../nbs/09_bench.ipynb #b012
+def _p2(student, opt, cache, ids:list, kd_cfg, device:str, steps:int) -> dict:
+    "P2: a KD step from the cache (collate + transfer + step) vs the same step on a batch already on `device`."
+    b = _to(collate(cache, ids), device)
+    t_bare = timeit(lambda: kd_step(student, opt, b, kd_cfg), steps, device=device)
+    t_cache = timeit(lambda: kd_step(student, opt, _to(collate(cache, ids), device), kd_cfg), steps, device=device)
+    return {'bare_fwd_bwd_s': t_bare, 'full_step_from_cache_s': t_cache, 'ratio': t_cache / t_bare}
+
+def _p1(student, opt, teachers:dict, manifest:dict, ids:list, kd_cfg, device:str, steps:int, t_cache:float) -> tuple[dict, dict]:
+    "P1: a KD step with each teacher run in the collator; (times, peak memory) per teacher."
+    times, memory = {}, {}
+    for name, fn in teachers.items():
+        reset_peak_memory(device)
+        t = timeit(lambda: kd_step(student, opt, teacher_collate(fn, manifest, ids, device), kd_cfg), steps, device=device)
+        times[name] = {'teacher_in_collate_step_s': t, 'speedup_of_cache': t / t_cache}
+        memory[f'teacher_in_collate {name}'] = round(peak_memory_mib(device), 1)
+    return times, memory
+
+# %% ../nbs/09_bench.ipynb #h14b10
+def _median_batch(cache, train_ids:list, batch_size:int) -> list:
+    "One batch of median-length training utterances."
+    ids = sorted(train_ids, key=cache.frames)
+    return ids[len(ids) // 2: len(ids) // 2 + batch_size]
+
 def bench_kd(run_dir=None, # run directory with cache/, splits.json, teacher/ and corpus/ (required)
              device:str|None=None, # None: the run's config device
              batch_size:int=4, # utterances per batch (the paper's best minibatch size at 100 %)
@@ -105,28 +139,18 @@ def bench_kd(run_dir=None, # run directory with cache/, splits.json, teacher/ an
     "P1 (cache vs teacher-in-collate step time), P2 (full step vs bare fwd+bwd) and peak memory on `device`; printed and returned."
     from asr_kd_nb.corpus import read_manifest
     if run_dir is None: raise ValueError('bench kd needs --run-dir: a run directory with the teacher stage done')
-    run_dir = Path(run_dir); cfg = load_config(run_dir)
-    device = check_device(device or cfg.device)
+    run_dir = Path(run_dir); cfg = load_config(run_dir); device = check_device(device or cfg.device)
     cache, splits = load_cache(run_dir), read_json(run_dir/'splits.json')
     hp = replace(scale_hparams(PAPER_BEST['1.0'], cfg.conformer), minibatch_size=batch_size)
-    kd_cfg = cfg.kd
-    threads = set_threads(kd_cfg.threads if threads is None else threads)
-    ids = sorted(splits['train'], key=cache.frames)
-    ids = ids[len(ids) // 2: len(ids) // 2 + batch_size]              # one batch of median-length utterances
+    threads = set_threads(cfg.kd.threads if threads is None else threads)
+    ids = _median_batch(cache, splits['train'], batch_size)
     manifest = {u.id: u.audio_filepath for u in read_manifest(run_dir/'corpus'/'manifest.jsonl')}
     student = build_student(hp, len(cache.vocab), torch.Generator().manual_seed(0)).to(device)
     opt = torch.optim.Adam(student.parameters(), lr=hp.learning_rate)
     out = {'device': device, 'batch': {'utterances': batch_size, 'frames': [cache.frames(i) for i in ids]},
            'student': hp.summary(), 'threads': torch.get_num_threads()}
     reset_peak_memory(device)
-    b = _to(collate(cache, ids), device)
-    def bare():
-        loss = kd_loss(student(b['feats'], b['lengths']), b['teacher'], b['lengths'])
-        opt.zero_grad(set_to_none=True); loss.backward()
-    t_bare = timeit(bare, steps * 3, device=device)
-    t_cache = timeit(lambda: _kd_step(student, opt, _to(collate(cache, ids), device), kd_cfg), steps * 3, device=device)
-    out['P2'] = {'bare_fwd_bwd_s': t_bare, 'full_step_from_cache_s': t_cache, 'ratio': t_cache / t_bare}
-    out['P1'] = {'cache_step_s': t_cache}
+    out['P2'] = _p2(student, opt, cache, ids, cfg.kd, device, steps * 3)
     out['peak_memory_mib'] = {'kd_step_from_cache': round(peak_memory_mib(device), 1)}
     tw = load_teacher(str(run_dir/'teacher'), device=device)
     teachers = {'offline': lambda waves: tw(waves)}
@@ -134,15 +158,12 @@ def bench_kd(run_dir=None, # run directory with cache/, splits.json, teacher/ an
         from transformers import Wav2Vec2ForCTC
         torch.manual_seed(0)
         teachers['wav2vec2-large (random)'] = hf_teacher_fn(Wav2Vec2ForCTC(large_wav2vec2_config(len(cache.vocab))).to(device).eval(), device)
-    for name, fn in teachers.items():
-        reset_peak_memory(device)
-        t = timeit(lambda: _kd_step(student, opt, teacher_collate(fn, manifest, ids, device), kd_cfg), steps, device=device)
-        out['P1'][name] = {'teacher_in_collate_step_s': t, 'speedup_of_cache': t / t_cache}
-        out['peak_memory_mib'][f'teacher_in_collate {name}'] = round(peak_memory_mib(device), 1)
-    del teachers
+    p1, mem = _p1(student, opt, teachers, manifest, ids, cfg.kd, device, steps, out['P2']['full_step_from_cache_s'])
+    out['P1'] = {'cache_step_s': out['P2']['full_step_from_cache_s'], **p1}; out['peak_memory_mib'].update(mem)
     if not quiet: print_bench_kd(out)
     return out
 
+# %% ../nbs/09_bench.ipynb #h14b12
 def print_bench_kd(out:dict):
     "Print `bench_kd`'s figures."
     t_cache, t_bare = out['P2']['full_step_from_cache_s'], out['P2']['bare_fwd_bwd_s']
@@ -553,6 +574,17 @@ def gpu_check(run_dir, # run directory; its stages up to 02_splits may be done a
     step('study', lambda: study(stages))       # the rest of the study, last: the figures above are saved whatever happens here
     return res
 
+# %% ../nbs/09_bench.ipynb #h14b15
+def parse_overrides(items:list) -> dict: # `SECTION.KEY=VALUE` strings; VALUE is JSON, or a plain string
+    "`--set` items as `{'section.key': value}`."
+    over = {}
+    for kv in items:
+        k, eq, v = kv.partition('=')
+        if not eq: raise ValueError(f'--set {kv!r}: expected SECTION.KEY=VALUE')
+        try: over[k] = json.loads(v)
+        except json.JSONDecodeError: over[k] = v
+    return over
+
 # %% ../nbs/09_bench.ipynb #b021
 def gpu_check_main(argv:list|None=None) -> int:
     "`python -m asr_kd_nb.bench gpu-check ...`: run `gpu_check`, print its JSON; exit 1 naming the failed steps."
@@ -565,12 +597,8 @@ def gpu_check_main(argv:list|None=None) -> int:
     p.add_argument('--no-large', action='store_true'); p.add_argument('--p1-steps', type=int, default=3)
     p.add_argument('--set', nargs='*', default=[], metavar='SECTION.KEY=JSON', help='config overrides for stages not yet done')
     a = p.parse_args(argv)
-    over = {}
-    for kv in a.set:
-        k, eq, v = kv.partition('=')
-        if not eq: p.error(f'--set {kv!r}: expected SECTION.KEY=VALUE')
-        try: over[k] = json.loads(v)
-        except json.JSONDecodeError: over[k] = v
+    try: over = parse_overrides(a.set)
+    except ValueError as e: p.error(str(e))
     res = gpu_check(a.run_dir, a.out, a.device, a.stages, tuple(a.workers), a.seconds, a.steps, not a.no_large, a.p1_steps, over)
     print(json.dumps(res, indent=2, default=str))
     if res['failed']: print(f"gpu-check: FAILED steps: {', '.join(res['failed'])} (figures of the others in {a.out})", file=sys.stderr)
