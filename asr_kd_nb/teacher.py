@@ -70,7 +70,6 @@ class TeacherConfig:
         if self.max_minutes <= 0: raise ValueError(f'teacher.max_minutes={self.max_minutes} must be > 0')
         return self
 
-# %% ../nbs/03_teacher.ipynb #h11t01
 config_source('teacher', 'source', 'teacher model', used=lambda c: c.source != 'train', revision_key='revision')
 
 # %% ../nbs/03_teacher.ipynb #c008
@@ -462,6 +461,50 @@ def _n_samples(u:Utterance) -> int:
 def _clear_cache(d:Path):
     for name in ('index.json', 'building.json', 'logprobs.npy', 'mfcc.npy'): (d/name).unlink(missing_ok=True)
 
+def _start_cache(d:Path, key:dict, utts:list, teacher:Teacher, progress:bool) -> dict:
+    "The build state of `d`: resumed from `building.json` when made for `key`, else planned and allocated afresh."
+    state = read_json(d/'building.json') if (d/'building.json').exists() else None
+    if state is not None and state.get('key') != key:
+        log.warning('an unfinished emission cache in %s was for another teacher or manifest; starting over', d)
+        _clear_cache(d); state = None
+    if state is not None:
+        if state['done']: log.info('resuming the emission cache in %s after %d of %d utterances', d, state['done'], len(utts))
+        return state
+    n_samples = [_n_samples(u) for u in tqdm(utts, desc='planning cache', disable=not progress, mininterval=5)]
+    frames = [int(x) for x in teacher.n_frames(n_samples)]
+    state = {'key': key, 'done': 0, 'n_samples': n_samples, 'frames': frames, 'build_s': 0.0}
+    np.lib.format.open_memmap(d/'logprobs.npy', 'w+', np.float16, (sum(frames), len(teacher.vocab))).flush()
+    np.lib.format.open_memmap(d/'mfcc.npy', 'w+', np.float32, (sum(frames), MFCC_SETTINGS['n_mfcc'])).flush()
+    write_json(d/'building.json', state)
+    return state
+
+# %% ../nbs/03_teacher.ipynb #h14t07
+def _fill_cache(d:Path, utts:list, state:dict, teacher:Teacher, batch_size:int, progress:bool):
+    "Run the teacher over the utterances not yet done, in batches of similar length, saving progress after each batch."
+    frames = state['frames']; offsets = np.concatenate([[0], np.cumsum(frames)]).astype(int)
+    lp = np.lib.format.open_memmap(d/'logprobs.npy', 'r+'); mf = np.lib.format.open_memmap(d/'mfcc.npy', 'r+')
+    if lp.shape != (offsets[-1], len(teacher.vocab)): raise RuntimeError(f'{d/"logprobs.npy"} has shape {lp.shape}; expected {(offsets[-1], len(teacher.vocab))}')
+    order = sorted(range(len(utts)), key=lambda i: (state['n_samples'][i], i))   # batches of similar length: little padding
+    t0 = time.monotonic()
+    bar = tqdm(total=len(utts), initial=state['done'], desc='emission cache', disable=not progress, mininterval=5)
+    for s in range(state['done'], len(order), batch_size):
+        b = order[s:s + batch_size]
+        waves = [decode_audio(utts[i].audio_filepath) for i in b]
+        for i, w in zip(b, waves):
+            if len(w) != state['n_samples'][i]: raise RuntimeError(f'{utts[i].audio_filepath} changed while the cache was built')
+        logp, n = teacher(waves)
+        for j, (i, w) in enumerate(zip(b, waves)):
+            if int(n[j]) != frames[i]: raise RuntimeError(f'teacher gave {int(n[j])} frames for {utts[i].id}, n_frames said {frames[i]}')
+            lp[offsets[i]:offsets[i + 1]] = logp[j, :frames[i]].numpy().astype(np.float16)
+            mf[offsets[i]:offsets[i + 1]] = align_frames(student_mfcc(w), frames[i])
+        lp.flush(); mf.flush()
+        state['done'] = s + len(b); state['build_s'] = round(state['build_s'] + time.monotonic() - t0, 2); t0 = time.monotonic()
+        write_json(d/'building.json', state)
+        bar.update(len(b))
+        if progress: report_progress('emission cache', state['done'], len(utts), 'utterances')
+    bar.close()
+
+# %% ../nbs/03_teacher.ipynb #h14t08
 def cache_emissions(run_dir, # run directory (reads corpus manifests, writes cache/)
                     teacher:Teacher, # the teacher whose emissions are cached
                     batch_size:int=16, # utterances per teacher pass
@@ -480,52 +523,20 @@ def cache_emissions(run_dir, # run directory (reads corpus manifests, writes cac
     utts = [u for m in manifests for u in read_manifest(m)]
     ids = [u.id for u in utts]
     if len(set(ids)) != len(ids): raise ValueError(f'utterance ids repeat across {[m.name for m in manifests]}; the cache needs unique ids')
-    state = read_json(d/'building.json') if (d/'building.json').exists() else None
-    if state is not None and state.get('key') != key:
-        log.warning('an unfinished emission cache in %s was for another teacher or manifest; starting over', d)
-        _clear_cache(d); state = None
-    if state is None:
-        n_samples = [_n_samples(u) for u in tqdm(utts, desc='planning cache', disable=not progress, mininterval=5)]
-        frames = [int(x) for x in teacher.n_frames(n_samples)]
-        state = {'key': key, 'done': 0, 'n_samples': n_samples, 'frames': frames, 'build_s': 0.0}
-        V, total = len(teacher.vocab), sum(frames)
-        np.lib.format.open_memmap(d/'logprobs.npy', 'w+', np.float16, (total, V)).flush()
-        np.lib.format.open_memmap(d/'mfcc.npy', 'w+', np.float32, (total, MFCC_SETTINGS['n_mfcc'])).flush()
-        write_json(d/'building.json', state)
-    elif state['done']: log.info('resuming the emission cache in %s after %d of %d utterances', d, state['done'], len(utts))
-    frames = state['frames']; offsets = np.concatenate([[0], np.cumsum(frames)]).astype(int)
-    lp = np.lib.format.open_memmap(d/'logprobs.npy', 'r+'); mf = np.lib.format.open_memmap(d/'mfcc.npy', 'r+')
-    if lp.shape != (offsets[-1], len(teacher.vocab)): raise RuntimeError(f'{d/"logprobs.npy"} has shape {lp.shape}; expected {(offsets[-1], len(teacher.vocab))}')
-    order = sorted(range(len(utts)), key=lambda i: (state['n_samples'][i], i))   # batches of similar length: little padding
-    probe = order[max(0, len(order) // 2 - batch_size // 2):][:batch_size]
+    state = _start_cache(d, key, utts, teacher, progress)
+    mid = sorted(range(len(utts)), key=lambda i: (state['n_samples'][i], i))
+    probe = mid[max(0, len(mid) // 2 - batch_size // 2):][:batch_size]
     teacher.precision, checks = choose_precision(teacher, [decode_audio(utts[i].audio_filepath) for i in probe], precision)
-    t0 = time.monotonic()
-    bar = tqdm(total=len(utts), initial=state['done'], desc='emission cache', disable=not progress, mininterval=5)
-    for s in range(state['done'], len(order), batch_size):
-        b = order[s:s + batch_size]
-        waves = [decode_audio(utts[i].audio_filepath) for i in b]
-        for i, w in zip(b, waves):
-            if len(w) != state['n_samples'][i]: raise RuntimeError(f'{utts[i].audio_filepath} changed while the cache was built')
-        logp, n = teacher(waves)
-        for j, (i, w) in enumerate(zip(b, waves)):
-            if int(n[j]) != frames[i]: raise RuntimeError(f'teacher gave {int(n[j])} frames for {ids[i]}, n_frames said {frames[i]}')
-            lp[offsets[i]:offsets[i + 1]] = logp[j, :frames[i]].numpy().astype(np.float16)
-            mf[offsets[i]:offsets[i + 1]] = align_frames(student_mfcc(w), frames[i])
-        lp.flush(); mf.flush()
-        state['done'] = s + len(b); state['build_s'] = round(state['build_s'] + time.monotonic() - t0, 2); t0 = time.monotonic()
-        write_json(d/'building.json', state)
-        bar.update(len(b))
-        if progress: report_progress('emission cache', state['done'], len(utts), 'utterances')
-    bar.close(); del lp, mf
-    n_main = len(read_manifest(manifests[0]))
+    _fill_cache(d, utts, state, teacher, batch_size, progress)
+    n_main, frames = len(read_manifest(manifests[0])), state['frames']
     idx = {'key': key, 'teacher': teacher.identity, 'vocab': teacher.vocab, 'blank_id': teacher.blank_id, 'ids': ids,
-           'texts': [u.text for u in utts], 'frames': frames, 'offsets': offsets[:-1].tolist(), 'n_main': n_main,
-           'n_ood': len(ids) - n_main, 'build_s': state['build_s'], 'device': str(teacher.device),
+           'texts': [u.text for u in utts], 'frames': frames, 'offsets': np.concatenate([[0], np.cumsum(frames)]).astype(int)[:-1].tolist(),
+           'n_main': n_main, 'n_ood': len(ids) - n_main, 'build_s': state['build_s'], 'device': str(teacher.device),
            'precision': teacher.precision, 'precision_checks': checks,
            'bytes': sum((d/f).stat().st_size for f in ('logprobs.npy', 'mfcc.npy'))}
-    write_json(d/'index.json', idx)
+    write_json(d/'index.json', idx)   # written last: its presence means a complete cache
     (d/'building.json').unlink()
-    log.info('emission cache: %d utterances, %d frames, %.1f MB in %.0f s', len(ids), offsets[-1], idx['bytes'] / 1e6, idx['build_s'])
+    log.info('emission cache: %d utterances, %d frames, %.1f MB in %.0f s', len(ids), sum(frames), idx['bytes'] / 1e6, idx['build_s'])
     return idx
 
 # %% ../nbs/03_teacher.ipynb #h11t03
