@@ -117,10 +117,9 @@ def scale_hparams(hp:StudentHParams, # a configuration in the paper's space
     return replace(hp, hidden_layer_size=w, ffn_dim=max(4, hp.ffn_dim // cfg.width_divisor),
                    num_layers=max(1, math.floor(hp.num_layers / cfg.layer_divisor + 0.5))).validate()
 
-# %% ../nbs/04_conformer.ipynb #c017
+# %% ../nbs/04_conformer.ipynb #c020
 _MaskSlot, _masked_copy = MaskSlot, masked_copy   # their names before they moved to `masking`
 
-# %% ../nbs/04_conformer.ipynb #c020
 class Student(nn.Module):
     "BatchNorm1d(13) → Conv1d(k, same) → BatchNorm1d → GELU → torchaudio Conformer → Linear(vocab), padding-safe."
     def __init__(self, hp:StudentHParams, vocab_size:int):
@@ -256,6 +255,7 @@ def transcribe_waves(kept:KeptStudent, # a loaded student
         for r, i in enumerate(pos): out[i] = ctc_greedy_decode(best[r, :lens[r]], kept.vocab, kept.blank_id)
     return out
 
+# %% ../nbs/04_conformer.ipynb #h14c09
 def transcribe_files(model_dir, # a directory written by `save_student`
                      paths:list, # wav/flac files (any sample rate; multi-channel audio is mixed down)
                      device:str='cpu', batch_size:int=8) -> list[str]:
