@@ -20,8 +20,8 @@ __all__ = ['log', 'BENCHES', 'GPU_CHECK_STEPS', 'timeit', 'peak_rss_mib', 'peak_
            'large_wav2vec2_config', 'hf_teacher_fn', 'teacher_collate', 'kd_step', 'bench_kd', 'print_bench_kd',
            'TrialPool', 'throughput_record', 'trials_per_hour', 'dry_run_dir', 'start_search_workers',
            'study_worker_stats', 'bench_workers', 'postgres_server', 'bench_many_workers', 'print_workers',
-           'bench_clustering', 'student_cost', 'bench_main', 'environment', 'set_run_device', 'gpu_check',
-           'parse_overrides', 'gpu_check_main']
+           'bench_clustering', 'student_cost', 'bench_main', 'environment', 'set_run_device', 'cache_record',
+           'worker_sweep', 'memory_record', 'run_device_test', 'gpu_check', 'parse_overrides', 'gpu_check_main']
 
 # %% ../nbs/09_bench.ipynb #b005
 log = logging.getLogger(__name__)
@@ -205,6 +205,7 @@ def _trial_worker(run_dir, device, steps, cores, k, commands, results):
     except BaseException:
         results.put({'worker': k, 'error': traceback.format_exc()[-3000:]})
 
+# %% ../nbs/09_bench.ipynb #h14b41
 class TrialPool:
     "`n` spawned benchmark workers pinned to `device` (and to CPU `cores`), set up once and reused for every W <= n."
     def __init__(self, run_dir, device:str='cpu', n:int=1, steps:int=20, cores:list|None=None, timeout:float=600.0):
@@ -244,6 +245,7 @@ class TrialPool:
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
+# %% ../nbs/09_bench.ipynb #h14b43
 def throughput_record(rs:list, device:str, threads:int, cores:int, steps:int) -> dict:
     "Trials per hour of one measurement from the workers' results (each: trials, wall_s, cpu_s, peak_memory_mib)."
     n, wall = sum(r['trials'] for r in rs), max(r['wall_s'] for r in rs)
@@ -276,6 +278,7 @@ def dry_run_dir(d, # folder to create the run directory in
                ) -> Path:
     "A run directory holding only a smoke config whose search uses the dry-run objective."
     from asr_kd_nb.config import study_config, save_config
+    import asr_kd_nb.search   # registers the `search` config section
     cfg = study_config('smoke', {'search': {'n_trials': n_trials, 'pruner': 'none', 'heartbeat_interval': heartbeat,
                                             'grace_period': grace, 'poll_seconds': 0.5,
                                             'objective': 'asr_kd_nb.search:dry_run_scorer'}}, sections=['search'])
@@ -503,6 +506,48 @@ def set_run_device(run_dir, device:str, # where the stages run, not what they co
     write_json(Path(run_dir)/'config.json', d)
     return d
 
+# %% ../nbs/09_bench.ipynb #h14b20
+def cache_record(run_dir) -> dict:
+    "The emission cache's and the teacher's figures of `run_dir` (device, precision, build time, size, teacher CER)."
+    idx = read_json(Path(run_dir)/'cache'/'index.json'); rep = read_json(Path(run_dir)/'teacher'/'teacher.json')
+    return {k: idx.get(k) for k in ('device', 'precision', 'precision_checks', 'build_s', 'bytes')} | \
+           {'utterances': len(idx['ids']), 'teacher_train_s': rep.get('train_s'), 'teacher_cer': rep.get('cer'),
+            'teacher_device': rep.get('device')}
+
+# %% ../nbs/09_bench.ipynb #h14b22
+def worker_sweep(run_dir, device:str, workers:tuple, seconds:float, steps:int) -> dict:
+    "Trials per hour for each W on `device`, the same on two CPU cores, the best W and its speed-up over the two cores."
+    r = {'per_W': trials_per_hour(run_dir, device, workers, seconds, steps)}
+    two = sorted(os.sched_getaffinity(0))[:2]
+    r['cpu_2core'] = (r['per_W']['2'] if device == 'cpu' and len(os.sched_getaffinity(0)) <= 2 and '2' in r['per_W']
+                      else trials_per_hour(run_dir, 'cpu', (2,), seconds, steps, cores=two)['2'])
+    best = max(r['per_W'].values(), key=lambda v: v['trials_per_hour'])
+    r['best_W'] = best['workers']
+    r['speedup_vs_cpu_2core'] = round(best['trials_per_hour'] / max(r['cpu_2core']['trials_per_hour'], 1e-9), 2)
+    return r
+
+# %% ../nbs/09_bench.ipynb #h14b23
+def memory_record(device:str, env:dict, kd:dict, tph:dict) -> dict:
+    "Peak memory figures of the benchmark steps that succeeded; an error when none did."
+    m = {'unit': 'MiB', 'kind': 'torch max_memory_allocated' if device.startswith('cuda') else 'peak RSS of the process'}
+    if isinstance(kd, dict) and 'peak_memory_mib' in kd: m['bench_kd'] = kd['peak_memory_mib']
+    if isinstance(tph, dict) and 'per_W' in tph:
+        m['trial_worker_per_W'] = {w: v['peak_memory_mib_per_worker'] for w, v in tph['per_W'].items()}
+    if device.startswith('cuda'): m['device_total'] = env.get('gpu_memory_mib') if isinstance(env, dict) else None
+    if len(m) == 2: raise RuntimeError('no memory figures: bench_kd and trials_per_hour both failed')
+    return m
+
+# %% ../nbs/09_bench.ipynb #h14b25
+def run_device_test() -> dict:
+    "Run the CUDA-only device tests of `tests/test_device.py` in a subprocess; raises with pytest's output when they fail."
+    from asr_kd_nb.pipeline import nbs_dir
+    t = nbs_dir().parent/'tests'/'test_device.py'
+    if not t.exists(): return {'skipped': f'{t} not found'}
+    r = subprocess.run([sys.executable, '-m', 'pytest', str(t), '-q', '-p', 'no:cacheprovider', '-k', 'cuda_computes or bench_command'],
+                       capture_output=True, text=True, timeout=300, cwd=t.parent.parent)
+    if r.returncode: raise RuntimeError(f'pytest {t.name} exited {r.returncode}:\n{r.stdout[-2500:]}')
+    return {'passed': r.stdout.strip().splitlines()[-1]}
+
 # %% ../nbs/09_bench.ipynb #b020
 def gpu_check(run_dir, # run directory; its stages up to 02_splits may be done already (see `scripts/gpu-check.sh --prepare`)
               out, # JSON file written after every step
@@ -536,41 +581,11 @@ def gpu_check(run_dir, # run directory; its stages up to 02_splits may be done a
         return {'device': device, 'stages_run': names or 'all', 'stages_s': dict(t['stages']), 'this_invocation_s': t['last_invocation_s']}
     upto = [s.name for s in STAGES][:[s.name for s in STAGES].index('03_teacher') + 1]
     step('study_to_teacher', lambda: study([n for n in upto if not stages or n in stages]))   # the benchmarks need the cache
-    def cache_info():
-        idx = read_json(run_dir/'cache'/'index.json'); rep = read_json(run_dir/'teacher'/'teacher.json')
-        return {k: idx.get(k) for k in ('device', 'precision', 'precision_checks', 'build_s', 'bytes')} | \
-               {'utterances': len(idx['ids']), 'teacher_train_s': rep.get('train_s'), 'teacher_cer': rep.get('cer'),
-                'teacher_device': rep.get('device')}
-    step('teacher_cache', cache_info)
+    step('teacher_cache', lambda: cache_record(run_dir))
     kd = step('bench_kd', lambda: bench_kd(run_dir, device, steps=p1_steps, large=large, threads=0))
-    def sweep():
-        r = {'per_W': trials_per_hour(run_dir, device, workers, seconds, steps)}
-        two = sorted(os.sched_getaffinity(0))[:2]
-        r['cpu_2core'] = (r['per_W']['2'] if device == 'cpu' and len(os.sched_getaffinity(0)) <= 2 and '2' in r['per_W']
-                          else trials_per_hour(run_dir, 'cpu', (2,), seconds, steps, cores=two)['2'])
-        best = max(r['per_W'].values(), key=lambda v: v['trials_per_hour'])
-        r['best_W'] = best['workers']
-        r['speedup_vs_cpu_2core'] = round(best['trials_per_hour'] / max(r['cpu_2core']['trials_per_hour'], 1e-9), 2)
-        return r
-    tph = step('trials_per_hour', sweep)
-    def memory():
-        m = {'unit': 'MiB', 'kind': 'torch max_memory_allocated' if device.startswith('cuda') else 'peak RSS of the process'}
-        if isinstance(kd, dict) and 'peak_memory_mib' in kd: m['bench_kd'] = kd['peak_memory_mib']
-        if isinstance(tph, dict) and 'per_W' in tph:
-            m['trial_worker_per_W'] = {w: v['peak_memory_mib_per_worker'] for w, v in tph['per_W'].items()}
-        if device.startswith('cuda'): m['device_total'] = env.get('gpu_memory_mib') if isinstance(env, dict) else None
-        if len(m) == 2: raise RuntimeError('no memory figures: bench_kd and trials_per_hour both failed')
-        return m
-    step('peak_memory', memory)
-    def device_test():
-        from asr_kd_nb.pipeline import nbs_dir
-        t = nbs_dir().parent/'tests'/'test_device.py'
-        if not t.exists(): return {'skipped': f'{t} not found'}
-        r = subprocess.run([sys.executable, '-m', 'pytest', str(t), '-q', '-p', 'no:cacheprovider', '-k', 'cuda_computes or bench_command'],
-                           capture_output=True, text=True, timeout=300, cwd=t.parent.parent)
-        if r.returncode: raise RuntimeError(f'pytest {t.name} exited {r.returncode}:\n{r.stdout[-2500:]}')
-        return {'passed': r.stdout.strip().splitlines()[-1]}
-    step('device_test', device_test)           # the CUDA-only device test (every compute op of training on the GPU)
+    tph = step('trials_per_hour', lambda: worker_sweep(run_dir, device, workers, seconds, steps))
+    step('peak_memory', lambda: memory_record(device, env, kd, tph))
+    step('device_test', run_device_test)           # the CUDA-only device test (every compute op of training on the GPU)
     step('study', lambda: study(stages))       # the rest of the study, last: the figures above are saved whatever happens here
     return res
 
@@ -604,7 +619,6 @@ def gpu_check_main(argv:list|None=None) -> int:
     if res['failed']: print(f"gpu-check: FAILED steps: {', '.join(res['failed'])} (figures of the others in {a.out})", file=sys.stderr)
     return 1 if res['failed'] else 0
 
-# %% ../nbs/09_bench.ipynb #b022
 if __name__ == '__main__' and len(sys.argv) > 1 and sys.argv[1] == 'gpu-check':
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     sys.exit(gpu_check_main(sys.argv[2:]))
