@@ -88,6 +88,7 @@ def teacher_autocast(device:str, precision:str='fp32'): # torch device; a key of
     if precision not in PRECISIONS: raise ValueError(f'precision={precision!r}; use one of {list(PRECISIONS)}')
     return torch.autocast(torch.device(device).type, dtype=PRECISIONS[precision], enabled=precision != 'fp32')
 
+# %% ../nbs/03_teacher.ipynb #h14x01
 class Teacher:
     "A CTC teacher: 16 kHz waveforms → 20 ms frame log-probabilities over a character vocabulary, with frame counts."
     def __init__(self, model:nn.Module, # forward(waves) -> (logits [B,T,V], n_frames [B]); has n_frames(n_samples)
@@ -242,6 +243,7 @@ def weights_sha256(d) -> str: # a model directory
             for chunk in iter(lambda: f.read(1 << 22), b''): h.update(chunk)
     return h.hexdigest()
 
+# %% ../nbs/03_teacher.ipynb #h14x03
 def save_conformer(model:ConformerCTC, vocab:list, blank_id:int, d) -> Path:
     "Write a Conformer-CTC teacher to directory `d` (config.json + model.safetensors)."
     from safetensors.torch import save_file
@@ -302,6 +304,7 @@ def text_ids(text:str, vocab:list) -> list[int]:
     if bad: raise ValueError(f'characters {"".join(bad)!r} of {text!r} are not in the teacher vocabulary')
     return [idx[c] for c in text]
 
+# %% ../nbs/03_teacher.ipynb #h14x05
 def _batches(lengths:list, batch_size:int, gen:torch.Generator, pool:int=20) -> list:
     "Index batches of similar length: shuffle, sort within pools of `pool` batches, shuffle the batches."
     order = torch.randperm(len(lengths), generator=gen).tolist()
@@ -363,6 +366,7 @@ def file_sha256(path) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b''): h.update(chunk)
     return h.hexdigest()
 
+# %% ../nbs/03_teacher.ipynb #h14x08
 def build_teacher_model(tc:TeacherConfig) -> tuple[nn.Module, list, int]:
     "(untrained model, vocab, blank id) for `tc.arch` over the corpus characters."
     if tc.arch == 'conformer':
@@ -373,6 +377,7 @@ def build_teacher_model(tc:TeacherConfig) -> tuple[nn.Module, list, int]:
     vocab, blank = hf_vocab(proc, model.config.vocab_size)
     return HFCTC(model, proc), vocab, blank
 
+# %% ../nbs/03_teacher.ipynb #h14x07
 def obtain_teacher(run_dir, # run directory (reads config.json, splits.json, corpus/manifest.jsonl)
                    device:str='cpu', progress:bool=True) -> tuple[Teacher, dict|None]:
     "(teacher, training record or None): the configured teacher, trained into `run_dir/teacher` when `source='train'`."
@@ -442,6 +447,7 @@ def teacher_key(identity:dict) -> dict:
     if identity.get('weights_sha256'): return {'architecture': identity.get('architecture'), 'weights_sha256': identity['weights_sha256']}
     return {k: identity.get(k) for k in ('architecture', 'source', 'revision', 'commit')}
 
+# %% ../nbs/03_teacher.ipynb #h14x10
 def cache_manifests(run_dir) -> list[Path]:
     "The manifests whose utterances the cache holds, in order: main, then out-of-domain when present."
     c = Path(run_dir)/'corpus'
