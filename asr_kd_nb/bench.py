@@ -11,15 +11,17 @@ from pathlib import Path
 import numpy as np, torch
 from .config import load_config, read_json, write_json, resolve_device, check_device
 from .conformer import PAPER_BEST, build_student, scale_hparams, N_MFCC
-from .teacher import set_threads, load_cache, load_teacher, student_mfcc, align_frames
+from .emissions import load_cache, student_mfcc, align_frames
+from .teacher import set_threads, load_teacher
 from .kd import collate, kd_loss, train_student, evaluate_fold
 
 # %% auto #0
 __all__ = ['log', 'BENCHES', 'GPU_CHECK_STEPS', 'PRUNER_NAMES', 'timeit', 'peak_rss_mib', 'peak_memory_mib', 'reset_peak_memory',
-           'large_wav2vec2_config', 'hf_teacher_fn', 'teacher_collate', 'bench_kd', 'print_bench_kd', 'TrialPool',
-           'throughput_record', 'trials_per_hour', 'dry_run_dir', 'start_search_workers', 'study_worker_stats',
-           'bench_workers', 'postgres_server', 'bench_many_workers', 'print_workers', 'bench_clustering',
-           'student_cost', 'bench_main', 'environment', 'set_run_device', 'gpu_check', 'gpu_check_main',
+           'large_wav2vec2_config', 'hf_teacher_fn', 'teacher_collate', 'kd_step', 'bench_kd', 'print_bench_kd',
+           'TrialPool', 'throughput_record', 'trials_per_hour', 'dry_run_dir', 'start_search_workers',
+           'study_worker_stats', 'bench_workers', 'postgres_server', 'bench_many_workers', 'print_workers',
+           'bench_clustering', 'student_cost', 'bench_main', 'environment', 'set_run_device', 'cache_record',
+           'worker_sweep', 'memory_record', 'run_device_test', 'gpu_check', 'parse_overrides', 'gpu_check_main',
            'pruner_run_dir', 'noise_ceiling', 'pruner_winner', 'GPUBusy', 'compare_pruners', 'print_pruners',
            'pruners_main']
 
@@ -65,6 +67,7 @@ def large_wav2vec2_config(vocab_size:int):
                           feat_extract_norm='layer', do_stable_layer_norm=True, conv_bias=True, feat_extract_activation='gelu',
                           vocab_size=vocab_size, pad_token_id=0)
 
+# %% ../nbs/09_bench.ipynb #h14b02
 def hf_teacher_fn(model, device:str='cpu'):
     "Batch of waves → (log-probs, frame counts) with a bare `Wav2Vec2ForCTC` on `device` (normalised input, attention mask)."
     def fn(waves):
@@ -77,6 +80,7 @@ def hf_teacher_fn(model, device:str='cpu'):
         return lp, model._get_feat_extract_output_lengths(am.sum(1))
     return fn
 
+# %% ../nbs/09_bench.ipynb #h14b04
 def teacher_collate(teacher_fn, manifest:dict, ids:list[str], device:str='cpu') -> dict:
     "The original data path: decode audio, run the teacher, MFCCs aligned to its frames, pad; the batch on `device`."
     from asr_kd_nb.corpus import decode_audio
@@ -88,14 +92,44 @@ def teacher_collate(teacher_fn, manifest:dict, ids:list[str], device:str='cpu') 
         f = align_frames(student_mfcc(w), int(n)); x[k, :len(f)] = torch.from_numpy(np.asarray(f, dtype=np.float32))
     return {'feats': x.to(device), 'teacher': lp[:, :T].float().to(device), 'lengths': lens.long().to(device)}
 
+# %% ../nbs/09_bench.ipynb #h14b07
 def _to(b:dict, device:str) -> dict: return {k: v.to(device, non_blocking=True) for k, v in b.items()}
 
-def _kd_step(student, opt, b, kd_cfg):
-    loss = kd_loss(student(b['feats'], b['lengths']), b['teacher'], b['lengths'], kd_cfg.loss, kd_cfg.temperature)
-    opt.zero_grad(set_to_none=True); loss.backward()
-    torch.nn.utils.clip_grad_norm_(student.parameters(), kd_cfg.grad_clip); opt.step()
+def kd_step(student:torch.nn.Module, optimizer:torch.optim.Optimizer, # the student and its optimiser
+            batch:dict, # `collate` output on the student's device (feats, teacher, lengths; targets for a CTC term)
+            kd_cfg, # the run's `kd` section: loss mode, temperature, CTC weight, clipping
+            blank_id:int=0) -> float: # CTC blank (used with a CTC term)
+    "One KD training step (loss, backward, clip, optimiser step); returns the loss."
+    loss = kd_loss(student(batch['feats'], batch['lengths']), batch['teacher'], batch['lengths'], kd_cfg.loss, kd_cfg.temperature,
+                   kd_cfg.ctc_weight, batch.get('targets'), batch.get('target_lengths'), blank_id)
+    optimizer.zero_grad(set_to_none=True); loss.backward()
+    torch.nn.utils.clip_grad_norm_(student.parameters(), kd_cfg.grad_clip); optimizer.step()
+    return loss.item()
 
 # %% ../nbs/09_bench.ipynb #b012
+def _p2(student, opt, cache, ids:list, kd_cfg, device:str, steps:int) -> dict:
+    "P2: a KD step from the cache (collate + transfer + step) vs the same step on a batch already on `device`."
+    b = _to(collate(cache, ids), device)
+    t_bare = timeit(lambda: kd_step(student, opt, b, kd_cfg), steps, device=device)
+    t_cache = timeit(lambda: kd_step(student, opt, _to(collate(cache, ids), device), kd_cfg), steps, device=device)
+    return {'bare_fwd_bwd_s': t_bare, 'full_step_from_cache_s': t_cache, 'ratio': t_cache / t_bare}
+
+def _p1(student, opt, teachers:dict, manifest:dict, ids:list, kd_cfg, device:str, steps:int, t_cache:float) -> tuple[dict, dict]:
+    "P1: a KD step with each teacher run in the collator; (times, peak memory) per teacher."
+    times, memory = {}, {}
+    for name, fn in teachers.items():
+        reset_peak_memory(device)
+        t = timeit(lambda: kd_step(student, opt, teacher_collate(fn, manifest, ids, device), kd_cfg), steps, device=device)
+        times[name] = {'teacher_in_collate_step_s': t, 'speedup_of_cache': t / t_cache}
+        memory[f'teacher_in_collate {name}'] = round(peak_memory_mib(device), 1)
+    return times, memory
+
+# %% ../nbs/09_bench.ipynb #h14b10
+def _median_batch(cache, train_ids:list, batch_size:int) -> list:
+    "One batch of median-length training utterances."
+    ids = sorted(train_ids, key=cache.frames)
+    return ids[len(ids) // 2: len(ids) // 2 + batch_size]
+
 def bench_kd(run_dir=None, # run directory with cache/, splits.json, teacher/ and corpus/ (required)
              device:str|None=None, # None: the run's config device
              batch_size:int=4, # utterances per batch (the paper's best minibatch size at 100 %)
@@ -107,28 +141,18 @@ def bench_kd(run_dir=None, # run directory with cache/, splits.json, teacher/ an
     "P1 (cache vs teacher-in-collate step time), P2 (full step vs bare fwd+bwd) and peak memory on `device`; printed and returned."
     from asr_kd_nb.corpus import read_manifest
     if run_dir is None: raise ValueError('bench kd needs --run-dir: a run directory with the teacher stage done')
-    run_dir = Path(run_dir); cfg = load_config(run_dir)
-    device = check_device(device or cfg.device)
+    run_dir = Path(run_dir); cfg = load_config(run_dir); device = check_device(device or cfg.device)
     cache, splits = load_cache(run_dir), read_json(run_dir/'splits.json')
     hp = replace(scale_hparams(PAPER_BEST['1.0'], cfg.conformer), minibatch_size=batch_size)
-    kd_cfg = cfg.kd
-    threads = set_threads(kd_cfg.threads if threads is None else threads)
-    ids = sorted(splits['train'], key=cache.frames)
-    ids = ids[len(ids) // 2: len(ids) // 2 + batch_size]              # one batch of median-length utterances
+    threads = set_threads(cfg.kd.threads if threads is None else threads)
+    ids = _median_batch(cache, splits['train'], batch_size)
     manifest = {u.id: u.audio_filepath for u in read_manifest(run_dir/'corpus'/'manifest.jsonl')}
     student = build_student(hp, len(cache.vocab), torch.Generator().manual_seed(0)).to(device)
     opt = torch.optim.Adam(student.parameters(), lr=hp.learning_rate)
     out = {'device': device, 'batch': {'utterances': batch_size, 'frames': [cache.frames(i) for i in ids]},
            'student': hp.summary(), 'threads': torch.get_num_threads()}
     reset_peak_memory(device)
-    b = _to(collate(cache, ids), device)
-    def bare():
-        loss = kd_loss(student(b['feats'], b['lengths']), b['teacher'], b['lengths'])
-        opt.zero_grad(set_to_none=True); loss.backward()
-    t_bare = timeit(bare, steps * 3, device=device)
-    t_cache = timeit(lambda: _kd_step(student, opt, _to(collate(cache, ids), device), kd_cfg), steps * 3, device=device)
-    out['P2'] = {'bare_fwd_bwd_s': t_bare, 'full_step_from_cache_s': t_cache, 'ratio': t_cache / t_bare}
-    out['P1'] = {'cache_step_s': t_cache}
+    out['P2'] = _p2(student, opt, cache, ids, cfg.kd, device, steps * 3)
     out['peak_memory_mib'] = {'kd_step_from_cache': round(peak_memory_mib(device), 1)}
     tw = load_teacher(str(run_dir/'teacher'), device=device)
     teachers = {'offline': lambda waves: tw(waves)}
@@ -136,15 +160,12 @@ def bench_kd(run_dir=None, # run directory with cache/, splits.json, teacher/ an
         from transformers import Wav2Vec2ForCTC
         torch.manual_seed(0)
         teachers['wav2vec2-large (random)'] = hf_teacher_fn(Wav2Vec2ForCTC(large_wav2vec2_config(len(cache.vocab))).to(device).eval(), device)
-    for name, fn in teachers.items():
-        reset_peak_memory(device)
-        t = timeit(lambda: _kd_step(student, opt, teacher_collate(fn, manifest, ids, device), kd_cfg), steps, device=device)
-        out['P1'][name] = {'teacher_in_collate_step_s': t, 'speedup_of_cache': t / t_cache}
-        out['peak_memory_mib'][f'teacher_in_collate {name}'] = round(peak_memory_mib(device), 1)
-    del teachers
+    p1, mem = _p1(student, opt, teachers, manifest, ids, cfg.kd, device, steps, out['P2']['full_step_from_cache_s'])
+    out['P1'] = {'cache_step_s': out['P2']['full_step_from_cache_s'], **p1}; out['peak_memory_mib'].update(mem)
     if not quiet: print_bench_kd(out)
     return out
 
+# %% ../nbs/09_bench.ipynb #h14b12
 def print_bench_kd(out:dict):
     "Print `bench_kd`'s figures."
     t_cache, t_bare = out['P2']['full_step_from_cache_s'], out['P2']['bare_fwd_bwd_s']
@@ -186,6 +207,7 @@ def _trial_worker(run_dir, device, steps, cores, k, commands, results):
     except BaseException:
         results.put({'worker': k, 'error': traceback.format_exc()[-3000:]})
 
+# %% ../nbs/09_bench.ipynb #h14b41
 class TrialPool:
     "`n` spawned benchmark workers pinned to `device` (and to CPU `cores`), set up once and reused for every W <= n."
     def __init__(self, run_dir, device:str='cpu', n:int=1, steps:int=20, cores:list|None=None, timeout:float=600.0):
@@ -225,6 +247,7 @@ class TrialPool:
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
+# %% ../nbs/09_bench.ipynb #h14b43
 def throughput_record(rs:list, device:str, threads:int, cores:int, steps:int) -> dict:
     "Trials per hour of one measurement from the workers' results (each: trials, wall_s, cpu_s, peak_memory_mib)."
     n, wall = sum(r['trials'] for r in rs), max(r['wall_s'] for r in rs)
@@ -257,6 +280,7 @@ def dry_run_dir(d, # folder to create the run directory in
                ) -> Path:
     "A run directory holding only a smoke config whose search uses the dry-run objective."
     from asr_kd_nb.config import study_config, save_config
+    import asr_kd_nb.search   # registers the `search` config section
     cfg = study_config('smoke', {'search': {'n_trials': n_trials, 'pruner': 'none', 'heartbeat_interval': heartbeat,
                                             'grace_period': grace, 'poll_seconds': 0.5,
                                             'objective': 'asr_kd_nb.search:dry_run_scorer'}}, sections=['search'])
@@ -484,6 +508,48 @@ def set_run_device(run_dir, device:str, # where the stages run, not what they co
     write_json(Path(run_dir)/'config.json', d)
     return d
 
+# %% ../nbs/09_bench.ipynb #h14b20
+def cache_record(run_dir) -> dict:
+    "The emission cache's and the teacher's figures of `run_dir` (device, precision, build time, size, teacher CER)."
+    idx = read_json(Path(run_dir)/'cache'/'index.json'); rep = read_json(Path(run_dir)/'teacher'/'teacher.json')
+    return {k: idx.get(k) for k in ('device', 'precision', 'precision_checks', 'build_s', 'bytes')} | \
+           {'utterances': len(idx['ids']), 'teacher_train_s': rep.get('train_s'), 'teacher_cer': rep.get('cer'),
+            'teacher_device': rep.get('device')}
+
+# %% ../nbs/09_bench.ipynb #h14b22
+def worker_sweep(run_dir, device:str, workers:tuple, seconds:float, steps:int) -> dict:
+    "Trials per hour for each W on `device`, the same on two CPU cores, the best W and its speed-up over the two cores."
+    r = {'per_W': trials_per_hour(run_dir, device, workers, seconds, steps)}
+    two = sorted(os.sched_getaffinity(0))[:2]
+    r['cpu_2core'] = (r['per_W']['2'] if device == 'cpu' and len(os.sched_getaffinity(0)) <= 2 and '2' in r['per_W']
+                      else trials_per_hour(run_dir, 'cpu', (2,), seconds, steps, cores=two)['2'])
+    best = max(r['per_W'].values(), key=lambda v: v['trials_per_hour'])
+    r['best_W'] = best['workers']
+    r['speedup_vs_cpu_2core'] = round(best['trials_per_hour'] / max(r['cpu_2core']['trials_per_hour'], 1e-9), 2)
+    return r
+
+# %% ../nbs/09_bench.ipynb #h14b23
+def memory_record(device:str, env:dict, kd:dict, tph:dict) -> dict:
+    "Peak memory figures of the benchmark steps that succeeded; an error when none did."
+    m = {'unit': 'MiB', 'kind': 'torch max_memory_allocated' if device.startswith('cuda') else 'peak RSS of the process'}
+    if isinstance(kd, dict) and 'peak_memory_mib' in kd: m['bench_kd'] = kd['peak_memory_mib']
+    if isinstance(tph, dict) and 'per_W' in tph:
+        m['trial_worker_per_W'] = {w: v['peak_memory_mib_per_worker'] for w, v in tph['per_W'].items()}
+    if device.startswith('cuda'): m['device_total'] = env.get('gpu_memory_mib') if isinstance(env, dict) else None
+    if len(m) == 2: raise RuntimeError('no memory figures: bench_kd and trials_per_hour both failed')
+    return m
+
+# %% ../nbs/09_bench.ipynb #h14b25
+def run_device_test() -> dict:
+    "Run the CUDA-only device tests of `tests/test_device.py` in a subprocess; raises with pytest's output when they fail."
+    from asr_kd_nb.pipeline import nbs_dir
+    t = nbs_dir().parent/'tests'/'test_device.py'
+    if not t.exists(): return {'skipped': f'{t} not found'}
+    r = subprocess.run([sys.executable, '-m', 'pytest', str(t), '-q', '-p', 'no:cacheprovider', '-k', 'cuda_computes or bench_command'],
+                       capture_output=True, text=True, timeout=300, cwd=t.parent.parent)
+    if r.returncode: raise RuntimeError(f'pytest {t.name} exited {r.returncode}:\n{r.stdout[-2500:]}')
+    return {'passed': r.stdout.strip().splitlines()[-1]}
+
 # %% ../nbs/09_bench.ipynb #b020
 def gpu_check(run_dir, # run directory; its stages up to 02_splits may be done already (see `scripts/gpu-check.sh --prepare`)
               out, # JSON file written after every step
@@ -517,43 +583,24 @@ def gpu_check(run_dir, # run directory; its stages up to 02_splits may be done a
         return {'device': device, 'stages_run': names or 'all', 'stages_s': dict(t['stages']), 'this_invocation_s': t['last_invocation_s']}
     upto = [s.name for s in STAGES][:[s.name for s in STAGES].index('03_teacher') + 1]
     step('study_to_teacher', lambda: study([n for n in upto if not stages or n in stages]))   # the benchmarks need the cache
-    def cache_info():
-        idx = read_json(run_dir/'cache'/'index.json'); rep = read_json(run_dir/'teacher'/'teacher.json')
-        return {k: idx.get(k) for k in ('device', 'precision', 'precision_checks', 'build_s', 'bytes')} | \
-               {'utterances': len(idx['ids']), 'teacher_train_s': rep.get('train_s'), 'teacher_cer': rep.get('cer'),
-                'teacher_device': rep.get('device')}
-    step('teacher_cache', cache_info)
+    step('teacher_cache', lambda: cache_record(run_dir))
     kd = step('bench_kd', lambda: bench_kd(run_dir, device, steps=p1_steps, large=large, threads=0))
-    def sweep():
-        r = {'per_W': trials_per_hour(run_dir, device, workers, seconds, steps)}
-        two = sorted(os.sched_getaffinity(0))[:2]
-        r['cpu_2core'] = (r['per_W']['2'] if device == 'cpu' and len(os.sched_getaffinity(0)) <= 2 and '2' in r['per_W']
-                          else trials_per_hour(run_dir, 'cpu', (2,), seconds, steps, cores=two)['2'])
-        best = max(r['per_W'].values(), key=lambda v: v['trials_per_hour'])
-        r['best_W'] = best['workers']
-        r['speedup_vs_cpu_2core'] = round(best['trials_per_hour'] / max(r['cpu_2core']['trials_per_hour'], 1e-9), 2)
-        return r
-    tph = step('trials_per_hour', sweep)
-    def memory():
-        m = {'unit': 'MiB', 'kind': 'torch max_memory_allocated' if device.startswith('cuda') else 'peak RSS of the process'}
-        if isinstance(kd, dict) and 'peak_memory_mib' in kd: m['bench_kd'] = kd['peak_memory_mib']
-        if isinstance(tph, dict) and 'per_W' in tph:
-            m['trial_worker_per_W'] = {w: v['peak_memory_mib_per_worker'] for w, v in tph['per_W'].items()}
-        if device.startswith('cuda'): m['device_total'] = env.get('gpu_memory_mib') if isinstance(env, dict) else None
-        if len(m) == 2: raise RuntimeError('no memory figures: bench_kd and trials_per_hour both failed')
-        return m
-    step('peak_memory', memory)
-    def device_test():
-        from asr_kd_nb.pipeline import nbs_dir
-        t = nbs_dir().parent/'tests'/'test_device.py'
-        if not t.exists(): return {'skipped': f'{t} not found'}
-        r = subprocess.run([sys.executable, '-m', 'pytest', str(t), '-q', '-p', 'no:cacheprovider', '-k', 'cuda_computes or bench_command'],
-                           capture_output=True, text=True, timeout=300, cwd=t.parent.parent)
-        if r.returncode: raise RuntimeError(f'pytest {t.name} exited {r.returncode}:\n{r.stdout[-2500:]}')
-        return {'passed': r.stdout.strip().splitlines()[-1]}
-    step('device_test', device_test)           # the CUDA-only device test (every compute op of training on the GPU)
+    tph = step('trials_per_hour', lambda: worker_sweep(run_dir, device, workers, seconds, steps))
+    step('peak_memory', lambda: memory_record(device, env, kd, tph))
+    step('device_test', run_device_test)           # the CUDA-only device test (every compute op of training on the GPU)
     step('study', lambda: study(stages))       # the rest of the study, last: the figures above are saved whatever happens here
     return res
+
+# %% ../nbs/09_bench.ipynb #h14b15
+def parse_overrides(items:list) -> dict: # `SECTION.KEY=VALUE` strings; VALUE is JSON, or a plain string
+    "`--set` items as `{'section.key': value}`."
+    over = {}
+    for kv in items:
+        k, eq, v = kv.partition('=')
+        if not eq: raise ValueError(f'--set {kv!r}: expected SECTION.KEY=VALUE')
+        try: over[k] = json.loads(v)
+        except json.JSONDecodeError: over[k] = v
+    return over
 
 # %% ../nbs/09_bench.ipynb #b021
 def gpu_check_main(argv:list|None=None) -> int:
@@ -567,18 +614,13 @@ def gpu_check_main(argv:list|None=None) -> int:
     p.add_argument('--no-large', action='store_true'); p.add_argument('--p1-steps', type=int, default=3)
     p.add_argument('--set', nargs='*', default=[], metavar='SECTION.KEY=JSON', help='config overrides for stages not yet done')
     a = p.parse_args(argv)
-    over = {}
-    for kv in a.set:
-        k, eq, v = kv.partition('=')
-        if not eq: p.error(f'--set {kv!r}: expected SECTION.KEY=VALUE')
-        try: over[k] = json.loads(v)
-        except json.JSONDecodeError: over[k] = v
+    try: over = parse_overrides(a.set)
+    except ValueError as e: p.error(str(e))
     res = gpu_check(a.run_dir, a.out, a.device, a.stages, tuple(a.workers), a.seconds, a.steps, not a.no_large, a.p1_steps, over)
     print(json.dumps(res, indent=2, default=str))
     if res['failed']: print(f"gpu-check: FAILED steps: {', '.join(res['failed'])} (figures of the others in {a.out})", file=sys.stderr)
     return 1 if res['failed'] else 0
 
-# %% ../nbs/09_bench.ipynb #b022
 if __name__ == '__main__' and len(sys.argv) > 1 and sys.argv[1] == 'gpu-check':
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     sys.exit(gpu_check_main(sys.argv[2:]))

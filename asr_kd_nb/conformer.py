@@ -14,13 +14,13 @@ from torch import nn
 from tqdm.auto import tqdm
 from .config import config_section, section_preset, read_json, write_json, resolve_device
 from .corpus import decode_audio
-from .teacher import MFCC_SETTINGS, student_mfcc, ctc_greedy_decode
+from .emissions import MFCC_SETTINGS, student_mfcc, ctc_greedy_decode
+from .masking import MaskSlot, MaskedConv1d, MaskedBatchNorm1d, masked_copy, masked_conformer
 
 # %% auto #0
 __all__ = ['log', 'N_MFCC', 'PAPER_BEST', 'STUDENT_FILE', 'STUDENT_WEIGHTS', 'STUDENT_FORMAT', 'InvalidHParams', 'StudentHParams',
-           'ConformerConfig', 'scale_hparams', 'MaskedConv1d', 'MaskedBatchNorm1d', 'Student', 'build_student',
-           'count_parameters', 'padding_invariance', 'unmasked_copy', 'save_student', 'KeptStudent', 'load_student',
-           'transcribe_waves', 'transcribe_files']
+           'ConformerConfig', 'scale_hparams', 'Student', 'build_student', 'count_parameters', 'padding_invariance',
+           'unmasked_copy', 'save_student', 'KeptStudent', 'load_student', 'transcribe_waves', 'transcribe_files']
 
 # %% ../nbs/04_conformer.ipynb #c005
 log = logging.getLogger(__name__)
@@ -117,74 +117,32 @@ def scale_hparams(hp:StudentHParams, # a configuration in the paper's space
     return replace(hp, hidden_layer_size=w, ffn_dim=max(4, hp.ffn_dim // cfg.width_divisor),
                    num_layers=max(1, math.floor(hp.num_layers / cfg.layer_divisor + 0.5))).validate()
 
-# %% ../nbs/04_conformer.ipynb #c017
-class _MaskSlot:
-    "The valid-frame mask [B, T] (bool) of the batch being processed, shared by a student's masked layers."
-    mask: torch.Tensor|None = None
-
-class MaskedConv1d(nn.Conv1d):
-    "`nn.Conv1d` over [B, C, T] that zeroes padded frames before convolving."
-    def __init__(self, *args, slot:_MaskSlot|None=None, **kw):
-        super().__init__(*args, **kw); self.slot = slot or _MaskSlot()
-    def forward(self, x):
-        m = self.slot.mask
-        if m is not None and not bool(m.all()): x = x * m[:, None, :x.shape[-1]].to(x.dtype)
-        return super().forward(x)
-
-class MaskedBatchNorm1d(nn.BatchNorm1d):
-    "`nn.BatchNorm1d` over [B, C, T] whose training statistics come from valid frames only."
-    def __init__(self, *args, slot:_MaskSlot|None=None, **kw):
-        super().__init__(*args, **kw); self.slot = slot or _MaskSlot()
-    def forward(self, x):
-        m = self.slot.mask
-        if not self.training or m is None or bool(m.all()): return super().forward(x)
-        xt = x.transpose(1, 2)                        # [B, T, C]
-        out = xt.new_zeros(xt.shape)
-        out[m] = super().forward(xt[m])               # [N_valid, C]: statistics over valid frames
-        return out.transpose(1, 2)
-
 # %% ../nbs/04_conformer.ipynb #c020
-def _masked_copy(m:nn.Module, slot:_MaskSlot) -> nn.Module:
-    "A masked drop-in replacement of Conv1d / BatchNorm1d `m`, sharing its weights."
-    if isinstance(m, nn.Conv1d):
-        new = MaskedConv1d(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=m.padding,
-                           dilation=m.dilation, groups=m.groups, bias=m.bias is not None, slot=slot)
-    elif isinstance(m, nn.BatchNorm1d): new = MaskedBatchNorm1d(m.num_features, m.eps, m.momentum, slot=slot)
-    else: raise TypeError(f'cannot mask {type(m).__name__}')
-    new.load_state_dict(m.state_dict())
-    return new
+_MaskSlot, _masked_copy = MaskSlot, masked_copy   # their names before they moved to `masking`
 
 class Student(nn.Module):
     "BatchNorm1d(13) → Conv1d(k, same) → BatchNorm1d → GELU → torchaudio Conformer → Linear(vocab), padding-safe."
     def __init__(self, hp:StudentHParams, vocab_size:int):
         super().__init__()
-        hp.validate(); self.hp, self.slot = hp, _MaskSlot()
+        hp.validate(); self.hp, self.slot = hp, MaskSlot()
         h = hp.hidden_layer_size
         self.in_norm = MaskedBatchNorm1d(N_MFCC, slot=self.slot)
         self.in_conv = MaskedConv1d(N_MFCC, h, hp.kernel_size, padding='same', bias=False, slot=self.slot)
         self.conv_norm = MaskedBatchNorm1d(h, slot=self.slot)
         self.act = nn.GELU()
-        self.conformer = torchaudio.models.Conformer(input_dim=h, num_heads=hp.num_heads, ffn_dim=hp.ffn_dim,
-                                                     num_layers=hp.num_layers,
-                                                     depthwise_conv_kernel_size=hp.depthwise_conv_kernel_size, dropout=hp.dropout)
-        for layer in self.conformer.conformer_layers:   # the depthwise conv and its BatchNorm: positions 2 and 3 (torchaudio 2.x)
-            seq = layer.conv_module.sequential
-            if not (isinstance(seq[2], nn.Conv1d) and seq[2].groups == h and isinstance(seq[3], nn.BatchNorm1d)):
-                raise RuntimeError('unexpected torchaudio Conformer convolution module layout; cannot apply the padding fix')
-            seq[2], seq[3] = _masked_copy(seq[2], self.slot), _masked_copy(seq[3], self.slot)
+        self.conformer = masked_conformer(h, hp.num_heads, hp.ffn_dim, hp.num_layers, hp.depthwise_conv_kernel_size, hp.dropout,
+                                          self.slot)
         self.head = nn.Linear(h, vocab_size)
 
     def forward(self, feats:torch.Tensor, # [B, T, 13] MFCCs, zero-padded
                 lengths:torch.Tensor, # [B] valid frames per clip
                ) -> torch.Tensor:
         "Logits [B, T, vocab]."
-        T = feats.shape[1]
-        self.slot.mask = torch.arange(T, device=feats.device)[None, :] < lengths.to(feats.device)[:, None]
-        try:
+        lengths = lengths.to(feats.device)
+        with self.slot.frames(lengths, feats.shape[1]):
             x = self.act(self.conv_norm(self.in_conv(self.in_norm(feats.transpose(1, 2)))))   # [B, h, T]
-            x, _ = self.conformer(x.transpose(1, 2), lengths.to(feats.device))
-            return self.head(x)
-        finally: self.slot.mask = None
+            x, _ = self.conformer(x.transpose(1, 2), lengths)
+        return self.head(x)
 
 # %% ../nbs/04_conformer.ipynb #c022
 def build_student(hp:StudentHParams, # validated hyperparameters
@@ -200,6 +158,7 @@ def build_student(hp:StudentHParams, # validated hyperparameters
         torch.manual_seed(seed)
         return Student(hp, vocab_size)
 
+# %% ../nbs/04_conformer.ipynb #h14c02
 def count_parameters(model:nn.Module) -> int:
     "Number of trainable parameters."
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -229,7 +188,7 @@ def unmasked_copy(model:Student) -> Student:
     import copy
     m = copy.deepcopy(model)
     for mod in m.modules(): 
-        if isinstance(mod, (MaskedConv1d, MaskedBatchNorm1d)): mod.slot = _MaskSlot()   # an empty slot: no masking
+        if isinstance(mod, (MaskedConv1d, MaskedBatchNorm1d)): mod.slot = MaskSlot()   # an empty slot: no masking
     return m
 
 # %% ../nbs/04_conformer.ipynb #c029b
@@ -296,6 +255,7 @@ def transcribe_waves(kept:KeptStudent, # a loaded student
         for r, i in enumerate(pos): out[i] = ctc_greedy_decode(best[r, :lens[r]], kept.vocab, kept.blank_id)
     return out
 
+# %% ../nbs/04_conformer.ipynb #h14c09
 def transcribe_files(model_dir, # a directory written by `save_student`
                      paths:list, # wav/flac files (any sample rate; multi-channel audio is mixed down)
                      device:str='cpu', batch_size:int=8) -> list[str]:

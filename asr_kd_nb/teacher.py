@@ -7,24 +7,25 @@ and the student's MFCCs are computed once into a memory-mapped cache."""
 from __future__ import annotations
 import hashlib, json, logging, math, os, shutil, time
 from dataclasses import dataclass, asdict
-from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
-import numpy as np, soundfile as sf, torch, torch.nn as nn, torch.nn.functional as F, torchaudio, jiwer
+import numpy as np, soundfile as sf, torch, torch.nn as nn, torch.nn.functional as F, torchaudio
 from tqdm.auto import tqdm
 from .config import (config_section, load_config, write_json, read_json, config_hash, resolve_device, derive_seed,
                               resolve_source, report_progress, config_source)
 from .corpus import Utterance, read_manifest, decode_audio, normalize_text, SAMPLE_RATE, VOCAB_CHARS
 from .rundir import read_splits, run_path
+# the emission contract lives in `emissions`; its names stay importable from here for the chapters that still do
+from .emissions import (MFCC_SETTINGS, ctc_greedy_decode, cer, wer, student_mfcc, align_frames, EmissionCache,
+                                 load_cache, cache_hypothesis)
+from .masking import MaskSlot, masked_conformer
 
 # %% auto #0
-__all__ = ['log', 'PAPER_TEACHER', 'PAPER_REVISION', 'MFCC_SETTINGS', 'PRECISIONS', 'WIN', 'HOP', 'CONFORMER_ARCH', 'PROB_TOL',
-           'CACHE_FORMAT', 'TeacherConfig', 'set_threads', 'ctc_greedy_decode', 'cer', 'wer', 'student_mfcc',
-           'align_frames', 'teacher_autocast', 'Teacher', 'ConformerCTC', 'HFCTC', 'hf_vocab', 'make_w2v2',
-           'weights_sha256', 'save_conformer', 'load_teacher', 'text_ids', 'train_ctc', 'file_sha256',
+__all__ = ['log', 'PAPER_TEACHER', 'PAPER_REVISION', 'PRECISIONS', 'WIN', 'HOP', 'CONFORMER_ARCH', 'PROB_TOL', 'CACHE_FORMAT',
+           'TeacherConfig', 'set_threads', 'teacher_autocast', 'Teacher', 'ConformerCTC', 'HFCTC', 'hf_vocab',
+           'make_w2v2', 'weights_sha256', 'save_conformer', 'load_teacher', 'text_ids', 'train_ctc', 'file_sha256',
            'build_teacher_model', 'obtain_teacher', 'precision_error', 'choose_precision', 'teacher_key',
-           'cache_manifests', 'cache_key', 'cache_emissions', 'EmissionCache', 'load_cache', 'check_frame_rate',
-           'cache_hypothesis', 'teacher_cers', 'teacher_stage']
+           'cache_manifests', 'cache_key', 'cache_emissions', 'check_frame_rate', 'teacher_cers', 'teacher_stage']
 
 # %% ../nbs/03_teacher.ipynb #c006
 log = logging.getLogger(__name__)
@@ -70,7 +71,6 @@ class TeacherConfig:
         if self.max_minutes < 0: raise ValueError(f'teacher.max_minutes={self.max_minutes} must be >= 0 (0: no wall-clock cap)')
         return self
 
-# %% ../nbs/03_teacher.ipynb #h11t01
 config_source('teacher', 'source', 'teacher model', used=lambda c: c.source != 'train', revision_key='revision')
 
 # %% ../nbs/03_teacher.ipynb #c008
@@ -81,59 +81,6 @@ def set_threads(n:int=0) -> int: # 0 = every core this process may use
     torch.set_num_threads(n)
     return n
 
-# %% ../nbs/03_teacher.ipynb #c011
-def ctc_greedy_decode(logprobs_or_ids, # [T,V] scores (torch or numpy, any float dtype) or [T] best ids
-                      vocab:list, # id -> text ('' for special tokens, ' ' for the word delimiter)
-                      blank_id:int, # CTC blank id
-                     ) -> str:
-    "Text of the best path: argmax per frame, repeats merged, blanks removed, spaces collapsed."
-    x = np.asarray(logprobs_or_ids.detach().cpu() if isinstance(logprobs_or_ids, torch.Tensor) else logprobs_or_ids)
-    if x.ndim not in (1, 2): raise ValueError(f'expected [T,V] scores or [T] ids, got shape {x.shape}')
-    ids = x.argmax(-1) if x.ndim == 2 else x.astype(np.int64)
-    keep = ids[(ids != blank_id) & np.concatenate([[True], ids[1:] != ids[:-1]])]
-    return ' '.join(''.join(vocab[i] for i in keep).split())
-
-def cer(refs:list, # reference transcripts
-        hyps:list, # hypotheses, same order
-       ) -> float:
-    "Character error rate summed over all utterances (jiwer)."
-    if len(refs) != len(hyps): raise ValueError(f'{len(refs)} references but {len(hyps)} hypotheses')
-    if not refs: raise ValueError('cer of an empty set of utterances is undefined')
-    return float(jiwer.cer(list(refs), list(hyps)))
-
-def wer(refs:list, # reference transcripts
-        hyps:list, # hypotheses, same order
-       ) -> float:
-    "Word error rate summed over all utterances (jiwer), the companion of `cer`."
-    if len(refs) != len(hyps): raise ValueError(f'{len(refs)} references but {len(hyps)} hypotheses')
-    if not refs: raise ValueError('wer of an empty set of utterances is undefined')
-    return float(jiwer.wer(list(refs), list(hyps)))
-
-# %% ../nbs/03_teacher.ipynb #c014
-MFCC_SETTINGS = dict(sample_rate=SAMPLE_RATE, n_mfcc=13, n_mels=64, n_fft=512, win_length=400, hop_length=320, center=False,
-                     power=2.0, f_min=200.0, f_max=5000.0)
-
-@lru_cache(maxsize=1)
-def _mfcc_transform():
-    s = MFCC_SETTINGS
-    return torchaudio.transforms.MFCC(sample_rate=s['sample_rate'], n_mfcc=s['n_mfcc'], melkwargs={
-        k: s[k] for k in ('n_mels', 'n_fft', 'win_length', 'hop_length', 'center', 'power', 'f_min', 'f_max')})
-
-def student_mfcc(wave) -> np.ndarray: # 16 kHz mono waveform
-    "The student's 13 MFCCs of `wave`, float32 [T,13] (the paper's settings)."
-    x = torch.as_tensor(np.asarray(wave, dtype=np.float32))
-    if x.ndim != 1: raise ValueError(f'expected a mono waveform [N], got shape {tuple(x.shape)}')
-    if len(x) < MFCC_SETTINGS['n_fft']: x = F.pad(x, (0, MFCC_SETTINGS['n_fft'] - len(x)))
-    with torch.no_grad(): return _mfcc_transform()(x).T.contiguous().numpy().astype(np.float32)
-
-def align_frames(feats:np.ndarray, # [T,D] frame features
-                 n_frames:int, # the teacher's frame count
-                ) -> np.ndarray:
-    "`feats` cut, or padded with zero frames, to exactly `n_frames` rows."
-    if n_frames < 0: raise ValueError(f'n_frames={n_frames} must be >= 0')
-    if len(feats) >= n_frames: return feats[:n_frames]
-    return np.concatenate([feats, np.zeros((n_frames - len(feats),) + feats.shape[1:], feats.dtype)])
-
 # %% ../nbs/03_teacher.ipynb #c017
 PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
@@ -142,6 +89,7 @@ def teacher_autocast(device:str, precision:str='fp32'): # torch device; a key of
     if precision not in PRECISIONS: raise ValueError(f'precision={precision!r}; use one of {list(PRECISIONS)}')
     return torch.autocast(torch.device(device).type, dtype=PRECISIONS[precision], enabled=precision != 'fp32')
 
+# %% ../nbs/03_teacher.ipynb #h14x01
 class Teacher:
     "A CTC teacher: 16 kHz waveforms → 20 ms frame log-probabilities over a character vocabulary, with frame counts."
     def __init__(self, model:nn.Module, # forward(waves) -> (logits [B,T,V], n_frames [B]); has n_frames(n_samples)
@@ -168,20 +116,28 @@ class Teacher:
 
     def __repr__(self): return f'Teacher({self.identity.get("architecture")}, {self.n_params:,} parameters, {len(self.vocab)} tokens)'
 
+# %% ../nbs/03_teacher.ipynb #h14t01
+def _spec_augment(f:torch.Tensor, t:torch.Tensor, gen:torch.Generator, n_freq:int=2, freq_w:int=12, n_time:int=2,
+                  time_frac:float=0.05) -> torch.Tensor:
+    "Zero `n_freq` random bands of up to `freq_w` channels and `n_time` spans of up to `time_frac` of each clip."
+    B, T, M = f.shape
+    keep = torch.ones(B, T, M)
+    for b in range(B):
+        for _ in range(n_freq):
+            w = int(torch.randint(0, freq_w + 1, (1,), generator=gen)); s = int(torch.randint(0, M - w + 1, (1,), generator=gen))
+            keep[b, :, s:s + w] = 0
+        tw = max(1, int(time_frac * int(t[b])))
+        for _ in range(n_time):
+            w = int(torch.randint(0, tw + 1, (1,), generator=gen)); s = int(torch.randint(0, max(1, int(t[b]) - w + 1), (1,), generator=gen))
+            keep[b, s:s + w] = 0
+    return f * keep.to(f.device)
+
 # %% ../nbs/03_teacher.ipynb #c019
 WIN, HOP = 400, 320   # samples: 25 ms windows, 20 ms hop (wav2vec2's receptive field and stride)
 
 def _conv_frames(n_samples:torch.Tensor) -> torch.Tensor:
     "Frames of a 400-sample window at a 320-sample hop without padding (wav2vec2's formula)."
     return torch.div(n_samples - WIN, HOP, rounding_mode='floor').clamp(min=-1) + 1
-
-class _MaskedConv(nn.Module):
-    "A depthwise Conv1d that zeroes padded frames of its input first (the mask is set per batch by the owner)."
-    def __init__(self, conv:nn.Module, state:dict):
-        super().__init__(); self.conv, self._state = conv, state
-    def forward(self, x):  # x [B,C,T]
-        m = self._state.get('mask')
-        return self.conv(x if m is None else x * m)
 
 def _pad_waves(waves:list, device) -> tuple[torch.Tensor, torch.Tensor]:
     "Zero-padded [B,N] float tensor and sample counts [B] (clips shorter than one window padded to it)."
@@ -201,11 +157,8 @@ class ConformerCTC(nn.Module):
         self.mel = torchaudio.transforms.MelSpectrogram(SAMPLE_RATE, n_fft=WIN, win_length=WIN, hop_length=HOP, n_mels=n_mels,
                                                         center=False, power=2.0)
         self.proj = nn.Sequential(nn.Linear(n_mels, hidden), nn.Dropout(dropout))
-        self.conformer = torchaudio.models.Conformer(hidden, num_heads, ffn_dim, num_layers, conv_kernel, dropout)
-        self._state = {}
-        for layer in self.conformer.conformer_layers:
-            seq = layer.conv_module.sequential
-            seq[2] = _MaskedConv(seq[2], self._state)
+        self.slot = MaskSlot()
+        self.conformer = masked_conformer(hidden, num_heads, ffn_dim, num_layers, conv_kernel, dropout, self.slot)
         self.out = nn.Linear(hidden, vocab_size)
 
     def n_frames(self, n_samples:torch.Tensor) -> torch.Tensor: return _conv_frames(n_samples.clamp(min=WIN))
@@ -226,25 +179,9 @@ class ConformerCTC(nn.Module):
 
     def forward(self, waves:list, gen:torch.Generator|None=None):
         f, t = self.features(waves, gen)
-        self._state['mask'] = (torch.arange(f.shape[1], device=f.device)[None] < t[:, None]).unsqueeze(1).to(f.dtype)
-        try: y, _ = self.conformer(self.proj(f), t)
-        finally: self._state['mask'] = None
+        with self.slot.frames(t, f.shape[1]): y, _ = self.conformer(self.proj(f), t)
         return self.out(y), t
 
-def _spec_augment(f:torch.Tensor, t:torch.Tensor, gen:torch.Generator, n_freq:int=2, freq_w:int=12, n_time:int=2,
-                  time_frac:float=0.05) -> torch.Tensor:
-    "Zero `n_freq` random bands of up to `freq_w` channels and `n_time` spans of up to `time_frac` of each clip."
-    B, T, M = f.shape
-    keep = torch.ones(B, T, M)
-    for b in range(B):
-        for _ in range(n_freq):
-            w = int(torch.randint(0, freq_w + 1, (1,), generator=gen)); s = int(torch.randint(0, M - w + 1, (1,), generator=gen))
-            keep[b, :, s:s + w] = 0
-        tw = max(1, int(time_frac * int(t[b])))
-        for _ in range(n_time):
-            w = int(torch.randint(0, tw + 1, (1,), generator=gen)); s = int(torch.randint(0, max(1, int(t[b]) - w + 1), (1,), generator=gen))
-            keep[b, s:s + w] = 0
-    return f * keep.to(f.device)
 
 # %% ../nbs/03_teacher.ipynb #c023
 class HFCTC(nn.Module):
@@ -307,6 +244,7 @@ def weights_sha256(d) -> str: # a model directory
             for chunk in iter(lambda: f.read(1 << 22), b''): h.update(chunk)
     return h.hexdigest()
 
+# %% ../nbs/03_teacher.ipynb #h14x03
 def save_conformer(model:ConformerCTC, vocab:list, blank_id:int, d) -> Path:
     "Write a Conformer-CTC teacher to directory `d` (config.json + model.safetensors)."
     from safetensors.torch import save_file
@@ -317,6 +255,36 @@ def save_conformer(model:ConformerCTC, vocab:list, blank_id:int, d) -> Path:
     return d
 
 # %% ../nbs/03_teacher.ipynb #c029
+def _upgrade_conformer_state(sd:dict) -> dict:
+    "State dict of a Conformer-CTC saved before the shared masked Conformer (`….sequential.2.conv.*` keys) in today's names."
+    return {k.replace('.conv_module.sequential.2.conv.', '.conv_module.sequential.2.'): v for k, v in sd.items()}
+
+def _load_conformer(src, cfg:dict, device:str) -> Teacher:
+    "Our Conformer-CTC teacher from directory `src` with its `config.json` dict `cfg`."
+    from safetensors.torch import load_file
+    model = ConformerCTC(**cfg['hparams'])
+    missing, unexpected = model.load_state_dict(_upgrade_conformer_state(load_file(str(Path(src)/'model.safetensors'))), strict=False)
+    if missing or unexpected:
+        raise ValueError(f'{src}/model.safetensors does not fit this package\'s Conformer-CTC (missing {missing[:3]}, unexpected '
+                         f'{unexpected[:3]}): retrain it (delete {src}/training.json and rerun stage 03_teacher)')
+    ident = {'architecture': CONFORMER_ARCH, 'source': str(Path(src).resolve()), 'revision': None, 'weights_sha256': weights_sha256(src)}
+    return Teacher(model, cfg['vocab'], cfg['blank_id'], ident, device)
+
+# %% ../nbs/03_teacher.ipynb #h14t05
+def _load_hf(src:str, kind:str, revision:str|None, device:str) -> Teacher:
+    "A `Wav2Vec2ForCTC` teacher from a hub id (`kind='hub'`) or a `save_pretrained` directory."
+    from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
+    if kind == 'hub' and not revision: log.warning('teacher %s is not pinned to a revision; set teacher.revision', src)
+    processor = Wav2Vec2Processor.from_pretrained(src, revision=revision or None)
+    model = Wav2Vec2ForCTC.from_pretrained(src, revision=revision or None)
+    vocab, blank = hf_vocab(processor, model.config.vocab_size)
+    hub = kind == 'hub'
+    ident = {'architecture': 'wav2vec2-ctc', 'source': src if hub else str(Path(src).resolve()),
+             'revision': (revision or 'main') if hub else None, 'commit': getattr(model.config, '_commit_hash', None) if hub else None,
+             'weights_sha256': None if hub else weights_sha256(src)}
+    return Teacher(HFCTC(model, processor), vocab, blank, ident, device)
+
+# %% ../nbs/03_teacher.ipynb #h14t06
 def load_teacher(id_or_path:str, # hub id (`owner/name`) or directory (wav2vec2 `save_pretrained` or our Conformer-CTC)
                  revision:str|None=None, # pinned hub revision (ignored for directories)
                  device:str='cpu', # 'cpu', 'cuda[:N]' or 'auto'
@@ -326,23 +294,8 @@ def load_teacher(id_or_path:str, # hub id (`owner/name`) or directory (wav2vec2 
     kind, src = resolve_source(id_or_path, 'teacher model', 'teacher.source')
     cfg = read_json(Path(src)/'config.json') if kind == 'local' and (Path(src)/'config.json').exists() else {}
     if kind == 'local' and not cfg: raise FileNotFoundError(f'teacher directory {src} has no config.json')
-    if cfg.get('architecture') == CONFORMER_ARCH:
-        from safetensors.torch import load_file
-        model = ConformerCTC(**cfg['hparams'])
-        model.load_state_dict(load_file(str(Path(src)/'model.safetensors')))
-        ident = {'architecture': CONFORMER_ARCH, 'source': str(Path(src).resolve()), 'revision': None,
-                 'weights_sha256': weights_sha256(src)}
-        return Teacher(model, cfg['vocab'], cfg['blank_id'], ident, device)
-    from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
-    if kind == 'hub' and not revision: log.warning('teacher %s is not pinned to a revision; set teacher.revision', src)
-    processor = Wav2Vec2Processor.from_pretrained(src, revision=revision or None)
-    model = Wav2Vec2ForCTC.from_pretrained(src, revision=revision or None)
-    vocab, blank = hf_vocab(processor, model.config.vocab_size)
-    ident = {'architecture': 'wav2vec2-ctc', 'source': src if kind == 'hub' else str(Path(src).resolve()),
-             'revision': (revision or 'main') if kind == 'hub' else None,
-             'commit': getattr(model.config, '_commit_hash', None) if kind == 'hub' else None,
-             'weights_sha256': weights_sha256(src) if kind == 'local' else None}
-    return Teacher(HFCTC(model, processor), vocab, blank, ident, device)
+    if cfg.get('architecture') == CONFORMER_ARCH: return _load_conformer(src, cfg, device)
+    return _load_hf(src, kind, revision, device)
 
 # %% ../nbs/03_teacher.ipynb #c032
 def text_ids(text:str, vocab:list) -> list[int]:
@@ -352,6 +305,7 @@ def text_ids(text:str, vocab:list) -> list[int]:
     if bad: raise ValueError(f'characters {"".join(bad)!r} of {text!r} are not in the teacher vocabulary')
     return [idx[c] for c in text]
 
+# %% ../nbs/03_teacher.ipynb #h14x05
 def _batches(lengths:list, batch_size:int, gen:torch.Generator, pool:int=20) -> list:
     "Index batches of similar length: shuffle, sort within pools of `pool` batches, shuffle the batches."
     order = torch.randperm(len(lengths), generator=gen).tolist()
@@ -413,6 +367,7 @@ def file_sha256(path) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b''): h.update(chunk)
     return h.hexdigest()
 
+# %% ../nbs/03_teacher.ipynb #h14x08
 def build_teacher_model(tc:TeacherConfig) -> tuple[nn.Module, list, int]:
     "(untrained model, vocab, blank id) for `tc.arch` over the corpus characters."
     if tc.arch == 'conformer':
@@ -423,6 +378,7 @@ def build_teacher_model(tc:TeacherConfig) -> tuple[nn.Module, list, int]:
     vocab, blank = hf_vocab(proc, model.config.vocab_size)
     return HFCTC(model, proc), vocab, blank
 
+# %% ../nbs/03_teacher.ipynb #h14x07
 def obtain_teacher(run_dir, # run directory (reads config.json, splits.json, corpus/manifest.jsonl)
                    device:str='cpu', progress:bool=True) -> tuple[Teacher, dict|None]:
     "(teacher, training record or None): the configured teacher, trained into `run_dir/teacher` when `source='train'`."
@@ -491,6 +447,7 @@ def teacher_key(identity:dict) -> dict:
     if identity.get('weights_sha256'): return {'architecture': identity.get('architecture'), 'weights_sha256': identity['weights_sha256']}
     return {k: identity.get(k) for k in ('architecture', 'source', 'revision', 'commit')}
 
+# %% ../nbs/03_teacher.ipynb #h14x10
 def cache_manifests(run_dir) -> list[Path]:
     "The manifests whose utterances the cache holds, in order: main, then out-of-domain when present."
     c = Path(run_dir)/'corpus'
@@ -510,6 +467,50 @@ def _n_samples(u:Utterance) -> int:
 def _clear_cache(d:Path):
     for name in ('index.json', 'building.json', 'logprobs.npy', 'mfcc.npy'): (d/name).unlink(missing_ok=True)
 
+def _start_cache(d:Path, key:dict, utts:list, teacher:Teacher, progress:bool) -> dict:
+    "The build state of `d`: resumed from `building.json` when made for `key`, else planned and allocated afresh."
+    state = read_json(d/'building.json') if (d/'building.json').exists() else None
+    if state is not None and state.get('key') != key:
+        log.warning('an unfinished emission cache in %s was for another teacher or manifest; starting over', d)
+        _clear_cache(d); state = None
+    if state is not None:
+        if state['done']: log.info('resuming the emission cache in %s after %d of %d utterances', d, state['done'], len(utts))
+        return state
+    n_samples = [_n_samples(u) for u in tqdm(utts, desc='planning cache', disable=not progress, mininterval=5)]
+    frames = [int(x) for x in teacher.n_frames(n_samples)]
+    state = {'key': key, 'done': 0, 'n_samples': n_samples, 'frames': frames, 'build_s': 0.0}
+    np.lib.format.open_memmap(d/'logprobs.npy', 'w+', np.float16, (sum(frames), len(teacher.vocab))).flush()
+    np.lib.format.open_memmap(d/'mfcc.npy', 'w+', np.float32, (sum(frames), MFCC_SETTINGS['n_mfcc'])).flush()
+    write_json(d/'building.json', state)
+    return state
+
+# %% ../nbs/03_teacher.ipynb #h14t07
+def _fill_cache(d:Path, utts:list, state:dict, teacher:Teacher, batch_size:int, progress:bool):
+    "Run the teacher over the utterances not yet done, in batches of similar length, saving progress after each batch."
+    frames = state['frames']; offsets = np.concatenate([[0], np.cumsum(frames)]).astype(int)
+    lp = np.lib.format.open_memmap(d/'logprobs.npy', 'r+'); mf = np.lib.format.open_memmap(d/'mfcc.npy', 'r+')
+    if lp.shape != (offsets[-1], len(teacher.vocab)): raise RuntimeError(f'{d/"logprobs.npy"} has shape {lp.shape}; expected {(offsets[-1], len(teacher.vocab))}')
+    order = sorted(range(len(utts)), key=lambda i: (state['n_samples'][i], i))   # batches of similar length: little padding
+    t0 = time.monotonic()
+    bar = tqdm(total=len(utts), initial=state['done'], desc='emission cache', disable=not progress, mininterval=5)
+    for s in range(state['done'], len(order), batch_size):
+        b = order[s:s + batch_size]
+        waves = [decode_audio(utts[i].audio_filepath) for i in b]
+        for i, w in zip(b, waves):
+            if len(w) != state['n_samples'][i]: raise RuntimeError(f'{utts[i].audio_filepath} changed while the cache was built')
+        logp, n = teacher(waves)
+        for j, (i, w) in enumerate(zip(b, waves)):
+            if int(n[j]) != frames[i]: raise RuntimeError(f'teacher gave {int(n[j])} frames for {utts[i].id}, n_frames said {frames[i]}')
+            lp[offsets[i]:offsets[i + 1]] = logp[j, :frames[i]].numpy().astype(np.float16)
+            mf[offsets[i]:offsets[i + 1]] = align_frames(student_mfcc(w), frames[i])
+        lp.flush(); mf.flush()
+        state['done'] = s + len(b); state['build_s'] = round(state['build_s'] + time.monotonic() - t0, 2); t0 = time.monotonic()
+        write_json(d/'building.json', state)
+        bar.update(len(b))
+        if progress: report_progress('emission cache', state['done'], len(utts), 'utterances')
+    bar.close()
+
+# %% ../nbs/03_teacher.ipynb #h14t08
 def cache_emissions(run_dir, # run directory (reads corpus manifests, writes cache/)
                     teacher:Teacher, # the teacher whose emissions are cached
                     batch_size:int=16, # utterances per teacher pass
@@ -528,84 +529,21 @@ def cache_emissions(run_dir, # run directory (reads corpus manifests, writes cac
     utts = [u for m in manifests for u in read_manifest(m)]
     ids = [u.id for u in utts]
     if len(set(ids)) != len(ids): raise ValueError(f'utterance ids repeat across {[m.name for m in manifests]}; the cache needs unique ids')
-    state = read_json(d/'building.json') if (d/'building.json').exists() else None
-    if state is not None and state.get('key') != key:
-        log.warning('an unfinished emission cache in %s was for another teacher or manifest; starting over', d)
-        _clear_cache(d); state = None
-    if state is None:
-        n_samples = [_n_samples(u) for u in tqdm(utts, desc='planning cache', disable=not progress, mininterval=5)]
-        frames = [int(x) for x in teacher.n_frames(n_samples)]
-        state = {'key': key, 'done': 0, 'n_samples': n_samples, 'frames': frames, 'build_s': 0.0}
-        V, total = len(teacher.vocab), sum(frames)
-        np.lib.format.open_memmap(d/'logprobs.npy', 'w+', np.float16, (total, V)).flush()
-        np.lib.format.open_memmap(d/'mfcc.npy', 'w+', np.float32, (total, MFCC_SETTINGS['n_mfcc'])).flush()
-        write_json(d/'building.json', state)
-    elif state['done']: log.info('resuming the emission cache in %s after %d of %d utterances', d, state['done'], len(utts))
-    frames = state['frames']; offsets = np.concatenate([[0], np.cumsum(frames)]).astype(int)
-    lp = np.lib.format.open_memmap(d/'logprobs.npy', 'r+'); mf = np.lib.format.open_memmap(d/'mfcc.npy', 'r+')
-    if lp.shape != (offsets[-1], len(teacher.vocab)): raise RuntimeError(f'{d/"logprobs.npy"} has shape {lp.shape}; expected {(offsets[-1], len(teacher.vocab))}')
-    order = sorted(range(len(utts)), key=lambda i: (state['n_samples'][i], i))   # batches of similar length: little padding
-    probe = order[max(0, len(order) // 2 - batch_size // 2):][:batch_size]
+    state = _start_cache(d, key, utts, teacher, progress)
+    mid = sorted(range(len(utts)), key=lambda i: (state['n_samples'][i], i))
+    probe = mid[max(0, len(mid) // 2 - batch_size // 2):][:batch_size]
     teacher.precision, checks = choose_precision(teacher, [decode_audio(utts[i].audio_filepath) for i in probe], precision)
-    t0 = time.monotonic()
-    bar = tqdm(total=len(utts), initial=state['done'], desc='emission cache', disable=not progress, mininterval=5)
-    for s in range(state['done'], len(order), batch_size):
-        b = order[s:s + batch_size]
-        waves = [decode_audio(utts[i].audio_filepath) for i in b]
-        for i, w in zip(b, waves):
-            if len(w) != state['n_samples'][i]: raise RuntimeError(f'{utts[i].audio_filepath} changed while the cache was built')
-        logp, n = teacher(waves)
-        for j, (i, w) in enumerate(zip(b, waves)):
-            if int(n[j]) != frames[i]: raise RuntimeError(f'teacher gave {int(n[j])} frames for {ids[i]}, n_frames said {frames[i]}')
-            lp[offsets[i]:offsets[i + 1]] = logp[j, :frames[i]].numpy().astype(np.float16)
-            mf[offsets[i]:offsets[i + 1]] = align_frames(student_mfcc(w), frames[i])
-        lp.flush(); mf.flush()
-        state['done'] = s + len(b); state['build_s'] = round(state['build_s'] + time.monotonic() - t0, 2); t0 = time.monotonic()
-        write_json(d/'building.json', state)
-        bar.update(len(b))
-        if progress: report_progress('emission cache', state['done'], len(utts), 'utterances')
-    bar.close(); del lp, mf
-    n_main = len(read_manifest(manifests[0]))
+    _fill_cache(d, utts, state, teacher, batch_size, progress)
+    n_main, frames = len(read_manifest(manifests[0])), state['frames']
     idx = {'key': key, 'teacher': teacher.identity, 'vocab': teacher.vocab, 'blank_id': teacher.blank_id, 'ids': ids,
-           'texts': [u.text for u in utts], 'frames': frames, 'offsets': offsets[:-1].tolist(), 'n_main': n_main,
-           'n_ood': len(ids) - n_main, 'build_s': state['build_s'], 'device': str(teacher.device),
+           'texts': [u.text for u in utts], 'frames': frames, 'offsets': np.concatenate([[0], np.cumsum(frames)]).astype(int)[:-1].tolist(),
+           'n_main': n_main, 'n_ood': len(ids) - n_main, 'build_s': state['build_s'], 'device': str(teacher.device),
            'precision': teacher.precision, 'precision_checks': checks,
            'bytes': sum((d/f).stat().st_size for f in ('logprobs.npy', 'mfcc.npy'))}
-    write_json(d/'index.json', idx)
+    write_json(d/'index.json', idx)   # written last: its presence means a complete cache
     (d/'building.json').unlink()
-    log.info('emission cache: %d utterances, %d frames, %.1f MB in %.0f s', len(ids), offsets[-1], idx['bytes'] / 1e6, idx['build_s'])
+    log.info('emission cache: %d utterances, %d frames, %.1f MB in %.0f s', len(ids), sum(frames), idx['bytes'] / 1e6, idx['build_s'])
     return idx
-
-# %% ../nbs/03_teacher.ipynb #c042
-class EmissionCache:
-    "Read-only view of `cache/`: per utterance the student's MFCCs and the teacher's log-probabilities, memory-mapped."
-    def __init__(self, cache_dir): # the `cache/` folder of a run directory
-        d = Path(cache_dir)
-        if not (d/'index.json').exists(): raise FileNotFoundError(f'no complete emission cache in {d}: run stage 03_teacher first')
-        idx = read_json(d/'index.json')
-        self.dir, self.key, self.identity = d, idx['key'], idx['teacher']
-        self.ids, self.vocab, self.blank_id = list(idx['ids']), list(idx['vocab']), int(idx['blank_id'])
-        self.n_main, self.n_ood = idx['n_main'], idx['n_ood']
-        self._row = {u: i for i, u in enumerate(self.ids)}
-        self._frames, self._off, self._texts = idx['frames'], idx['offsets'], idx['texts']
-        self._lp, self._mf = np.load(d/'logprobs.npy', mmap_mode='r'), np.load(d/'mfcc.npy', mmap_mode='r')
-
-    def _i(self, uid):
-        if uid not in self._row: raise KeyError(f'utterance {uid!r} is not in the emission cache {self.dir}')
-        return self._row[uid]
-    def frames(self, uid) -> int: return self._frames[self._i(uid)]
-    def text(self, uid) -> str: return self._texts[self._i(uid)]
-    def get(self, uid) -> tuple[np.ndarray, np.ndarray]:
-        "(MFCC float32 [T,13], teacher log-probabilities float16 [T,V]) of utterance `uid`, memory-mapped (read-only)."
-        i = self._i(uid); s, e = self._off[i], self._off[i] + self._frames[i]
-        return self._mf[s:e], self._lp[s:e]
-    def __len__(self): return len(self.ids)
-    def __contains__(self, uid): return uid in self._row
-    def __repr__(self): return f'EmissionCache({len(self)} utterances, {len(self.vocab)} tokens, {self.dir})'
-
-def load_cache(run_dir) -> EmissionCache: # run directory
-    "The emission cache of `run_dir` (raises when it is missing or unfinished)."
-    return EmissionCache(Path(run_dir)/'cache')
 
 # %% ../nbs/03_teacher.ipynb #h11t03
 def check_frame_rate(teacher:Teacher, # the loaded teacher
@@ -630,10 +568,6 @@ def check_frame_rate(teacher:Teacher, # the loaded teacher
     return rec
 
 # %% ../nbs/03_teacher.ipynb #c046
-def cache_hypothesis(cache:EmissionCache, uid:str) -> str:
-    "Greedy transcript of utterance `uid` from its cached teacher log-probabilities."
-    return normalize_text(ctc_greedy_decode(cache.get(uid)[1], cache.vocab, cache.blank_id))
-
 def teacher_cers(cache:EmissionCache, # the emission cache
                  folds:dict, # fold name -> utterance ids (e.g. splits.json's test_folds)
                  n_examples:int=3, # reference/hypothesis pairs kept per fold

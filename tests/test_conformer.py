@@ -88,6 +88,8 @@ def test_generator_controls_initialisation():
     assert torch.equal(state, torch.random.get_rng_state())     # the global random state is untouched
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not torch.equal(a.head.weight, c.head.weight)
-    assert count_parameters(a) == sum(p.numel() for p in a.parameters())
+    a.head.requires_grad_(False)                                 # frozen parameters are not trainable ones
+    assert count_parameters(a) == sum(p.numel() for p in a.parameters()) - 10 * 32 - 10
+    a.head.requires_grad_(True)
     out = a(torch.randn(3, 17, N_MFCC), torch.tensor([17, 9, 1]))
     assert out.shape == (3, 17, 10) and torch.isfinite(out).all()

@@ -50,7 +50,7 @@ def test_teacher_pass_takes_its_device():
     m = ConformerCTC(35, n_mels=20, hidden=32, num_layers=1, num_heads=2, ffn_dim=64)
     waves = [np.random.default_rng(i).standard_normal(6000).astype(np.float32) * 0.1 for i in range(2)]
     lp, n = Teacher(m, list('x' * 35), 0, {}, 'cpu')(waves)
-    assert lp.shape[0] == 2 and lp.device.type == 'cpu'
+    assert lp.shape[0] == 2 and lp.device.type == 'cpu' and torch.allclose(lp.exp().sum(-1), torch.ones(lp.shape[:2]), atol=1e-5)
     with pytest.raises(CUDA_ERRORS): Teacher(m, list('x' * 35), 0, {}, 'cuda')
 
 
