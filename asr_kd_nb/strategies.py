@@ -331,7 +331,7 @@ def anytime_regret(traces:dict, # name -> list of traces
                    full:dict, # `retrain_returned` output
                   ) -> pd.DataFrame:
     "One row per (strategy, replicate, budget): CPU spent, the returned configuration's full-data CER and its regret."
-    best = min(v['cer'] for v in full.values())
+    best = min((v['cer'] for v in full.values() if math.isfinite(v['cer'])), default=math.nan)   # a diverged student is no reference
     rows = []
     for name, runs in traces.items():
         for r, tr in enumerate(runs):
@@ -702,7 +702,7 @@ def strategies_stage(run_dir, # run directory with config.json (and the search a
     ptab = pareto_table(pareto_study(full_data_records(traces), space, measure, scorer, sc.pareto_trials, cfg.seed))
     ptab.to_csv(out/'pareto.csv', index=False); small = smallest_within(ptab, sc.pareto_tolerance)
     plot_pareto(ptab, out/'pareto.png', small)
-    best = min(full.values(), key=lambda v: v['cer'])
+    best = min(full.values(), key=lambda v: v['cer'] if math.isfinite(v['cer']) else math.inf)
     summ = strategy_summary(table, curves, full)
     for n, s in summ.items():
         s.update(reused=n in reused, short_of_budget=bool(short.get(n)), trials=float(np.mean([len(t) for t in traces[n]])))

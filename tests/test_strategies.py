@@ -133,3 +133,17 @@ def test_stage_runs_under_papermill(tmp_path):
     out = execute_stage(Stage('10_strategies', 'strategies', ('strategies/summary.json',)), run_dir, progress=False)
     assert (run_dir/'strategies'/'summary.json').exists() and out.exists()
     assert 'smallest_within' in json.loads((run_dir/'strategies'/'summary.json').read_text())['pareto']
+
+def test_run_dir_made_before_the_strategies_section_accepts_it(tmp_path):
+    "A finished run whose config.json predates this stage: `--force 10_strategies` adds the section; changing it later names the stage."
+    from asr_kd_nb.pipeline import prepare_run_dir, available_stages, ConfigMismatch
+    available_stages()                                            # every stage's section registered, as `asr-kd run` does
+    cfg = study_config('default')
+    old = cfg.to_dict(); old.pop('strategies')
+    (tmp_path/'config.json').write_text(json.dumps(old))
+    prepare_run_dir(cfg, tmp_path, force='10_strategies')        # a section gained is no change: accepted, written
+    saved = json.loads((tmp_path/'config.json').read_text())
+    assert saved['strategies']['objective'] == 'kd' and {k: v for k, v in saved.items() if k != 'strategies'} == old
+    prepare_run_dir(cfg, tmp_path)                                # the same config again: nothing to force
+    with pytest.raises(ConfigMismatch, match='--force 10_strategies'):
+        prepare_run_dir(study_config('default', {'strategies': {'budget_trials': 2.0}}), tmp_path)
