@@ -40,6 +40,7 @@ STAGES = [
     Stage('05_kd', 'kd', ('kd/baseline.json',)),
     Stage('06_search', 'search', ('search/{label}.json',), per_fraction=True),   # all R replicate studies of the fraction
     Stage('07_datasize', 'datasize', ('report/summary.json',)),
+    Stage('10_strategies', 'strategies', ('strategies/summary.json',)),   # later stage: reuses the search and data-size results
 ]
 
 # %% ../nbs/08_pipeline.ipynb #c007

@@ -7,25 +7,29 @@ compute by the anytime regret of the student each would deploy; and the Pareto f
 from __future__ import annotations
 import contextlib, importlib, json, logging, math, multiprocessing, os, time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass, field, replace
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Callable, ClassVar
 import numpy as np, pandas as pd
 import optuna
 import torch
 from tqdm.auto import tqdm
-from .config import config_section, load_config, read_json, write_json, derive_seed
+from .config import config_section, load_config, read_json, write_json, derive_seed, config_hash
 from .conformer import StudentHParams, build_student, count_parameters, N_MFCC
+import asr_kd_nb.splits   # registers the splits section: the run's data fractions
+from .rundir import frac_key, run_path, finished_studies, read_trials
 from .search import HPARAMS, parse_space, suggest_hparams, hparams_from_params, paper_trials
 
 # %% auto #0
-__all__ = ['log', 'Scorer', 'SAMPLERS', 'SCORER_FACTORIES', 'StrategiesConfig', 'unit_point', 'synthetic_scorer', 'Ledger',
-           'quiet_optuna', 'sampler_search', 'promote', 'successive_halving', 'strategy_registry', 'run_strategies',
-           'trace_from_trials', 'hp_key', 'budget_grid', 'returned_at', 'retrain_returned', 'anytime_regret', 'mean_ci',
-           'regret_table', 'verdict_text', 'plot_anytime', 'inference_cost', 'pareto_study', 'pareto_table',
-           'smallest_within', 'plot_pareto', 'synthetic_factory', 'plan_budget', 'resolve_scorer_factory',
-           'strategy_job', 'run_strategy_jobs', 'full_data_records', 'strategy_summary', 'strategies_stage']
+__all__ = ['log', 'Scorer', 'SAMPLERS', 'SCORER_FACTORIES', 'StrategiesConfig', 'for_run', 'unit_point', 'synthetic_scorer',
+           'Ledger', 'quiet_optuna', 'sampler_search', 'promote', 'successive_halving', 'strategy_registry',
+           'run_strategies', 'trace_from_trials', 'search_tables', 'hp_key', 'budget_grid', 'returned_at',
+           'retrain_returned', 'anytime_regret', 'mean_ci', 'regret_table', 'verdict_text', 'plot_anytime',
+           'inference_cost', 'pareto_study', 'pareto_table', 'smallest_within', 'plot_pareto', 'synthetic_factory',
+           'datasize_results', 'kd_factory', 'search_trial_cost', 'plan_budget', 'resolve_scorer_factory',
+           'strategy_job', 'run_strategy_jobs', 'full_data_records', 'strategy_summary', 'retrain_seeds',
+           'strategies_stage']
 
 # %% ../nbs/10_strategies.ipynb #s006
 log = logging.getLogger(__name__)
@@ -35,36 +39,46 @@ Scorer = Callable[[dict, float, int], dict]   # (hyperparameters, data fraction,
 @dataclass
 class StrategiesConfig:
     "Search strategies compared at equal compute: budget, replicates, multi-fidelity ladder, Pareto study."
-    budget_trials: float = 8.0        # B in full-data trials (CPU time of the scaled paper best on 100 %, measured once)
+    budget_trials: float = 6.0        # B in full-data trials (median CPU time of a complete 100 % search trial, per student)
     budget_cpu_s: float = 0.0         # B in CPU-seconds; > 0 overrides budget_trials
-    replicates: int = 3               # independent runs of every strategy, each with its own seed
-    fractions: list = field(default_factory=lambda: [0.3, 0.5, 0.7])  # one 'fraction-f' strategy per entry (search f, retrain 100 %)
-    rungs: list = field(default_factory=lambda: [0.3, 0.5, 1.0])      # multi-fidelity data fractions, increasing, last 1.0
+    replicates: int = 2               # independent runs of the strategies run here (reused searches keep their own count)
+    fractions: list = field(default_factory=list)  # one 'fraction-f' strategy per entry (search f, retrain 100 %); []: the run's splits.fractions below 1
+    rungs: list = field(default_factory=list)      # multi-fidelity data fractions, increasing, last 1.0; []: the run's splits.fractions
     eta: int = 3                      # multi-fidelity: the top ⌈n/η⌉ of a rung move on to the next fraction
-    bracket: int = 9                  # configurations starting each successive-halving bracket on the smallest fraction
+    bracket: int = 6                  # configurations starting each successive-halving bracket on the smallest fraction
     hyperband: bool = True            # brackets also start on larger fractions (Hyperband); False: plain successive halving
     startup_trials: int = 3           # TPE's random trials before it models the results
-    full_seeds: int = 2               # seeds of the full-data retraining of every returned configuration
-    grid: int = 8                     # budgets (evenly spaced up to B) at which the anytime regret is read
+    full_seeds: int = 2               # seeds of the full-data retraining (the data-size stage's regret seeds first, so its results are reused)
+    grid: int = 2                     # budgets (evenly spaced up to B) at which the anytime regret is read (B/4 and B always)
     bootstrap: int = 1000             # bootstrap resamples per interval
-    pareto_trials: int = 4            # new NSGA-II trials of the Pareto study (after the reused full-data trials)
+    pareto_trials: int = 2            # new NSGA-II trials of the Pareto study (after the reused full-data trials)
     pareto_tolerance: float = 0.10    # "the smallest student within 10 % of the best CER"
     latency_seconds: float = 5.0      # seconds of audio (random MFCC frames at 20 ms) per inference-time measurement
-    objective: str = 'synthetic'      # scorer factory: a key of `SCORER_FACTORIES` or 'module:function' (run_dir -> Scorer)
-    workers: int = 0                  # processes running (strategy, replicate) jobs; 0: one per core this process may use
-    presets: ClassVar[dict] = {'default': {'budget_trials': 6.0, 'grid': 4, 'pareto_trials': 4},
-                               'paper': {'budget_trials': 50.0, 'replicates': 3, 'pareto_trials': 20}}
+    objective: str = 'kd'             # scorer factory: a key of `SCORER_FACTORIES` ('kd', 'synthetic') or 'module:function' (run_dir -> Scorer)
+    reuse_searches: bool = True       # the search stage's studies are the traces of `full` and `fraction-*` (KD objective only)
+    workers: int = 0                  # processes running (strategy, replicate) jobs and retrainings; 0: one per core this process may use
+    presets: ClassVar[dict] = {'default': {'budget_trials': 4.0, 'grid': 1, 'pareto_trials': 0, 'bracket': 6, 'rungs': [0.3, 1.0]},
+                               'full': {'budget_trials': 8.0, 'replicates': 3, 'grid': 4, 'pareto_trials': 8, 'full_seeds': 3, 'bracket': 9, 'rungs': [0.3, 0.5, 1.0]},
+                               'paper': {'budget_trials': 50.0, 'replicates': 3, 'pareto_trials': 20, 'bracket': 9, 'grid': 8}}
 
     def __post_init__(self):
         self.fractions, self.rungs = [float(f) for f in self.fractions], [float(f) for f in self.rungs]
         bad = [f for f in self.fractions + self.rungs if not 0 < f <= 1]
         if bad: raise ValueError(f'strategies: fractions/rungs {bad} must be in (0, 1]')
-        if self.rungs != sorted(set(self.rungs)) or self.rungs[-1] != 1.0:
+        if self.rungs and (self.rungs != sorted(set(self.rungs)) or self.rungs[-1] != 1.0):
             raise ValueError(f'strategies.rungs={self.rungs} must increase strictly and end at 1.0')
         for n, lo in (('eta', 2), ('bracket', 2), ('replicates', 1), ('full_seeds', 1), ('grid', 1), ('bootstrap', 10), ('workers', 0)):
             if getattr(self, n) < lo: raise ValueError(f'strategies.{n}={getattr(self, n)} must be >= {lo}')
         if self.budget_trials <= 0 and self.budget_cpu_s <= 0:
             raise ValueError('strategies: set budget_trials > 0 or budget_cpu_s > 0')
+
+def for_run(sc:StrategiesConfig, # the `strategies` section
+            fractions:list, # the run's `splits.fractions`
+           ) -> StrategiesConfig:
+    "The section with empty `fractions`/`rungs` filled from the run's data fractions (those the search stage searched)."
+    fr = sorted({float(f) for f in fractions})
+    if 1.0 not in fr: raise ValueError(f'splits.fractions={fractions} lacks 1.0; the strategies are judged on the full data')
+    return replace(sc, fractions=sc.fractions or [f for f in fr if f < 1], rungs=sc.rungs or fr)
 
 # %% ../nbs/10_strategies.ipynb #s009
 def unit_point(hp:dict, # nine hyperparameter values
@@ -214,6 +228,7 @@ def strategy_registry(sc:StrategiesConfig, # the `strategies` section
                       storage=None, # Optuna storage for every strategy's studies; None: in memory
                      ) -> dict[str, Callable]:
     "Name -> strategy `(scorer, space, budget_cpu_s, seed) -> trace` for the section's fractions and ladder."
+    if not sc.rungs: raise ValueError('strategies.rungs is empty: fill it from the run with `for_run(sc, cfg.splits.fractions)`')
     tpe = partial(sampler_search, startup_trials=sc.startup_trials, storage=storage)
     reg = {f'fraction-{f:.2f}': partial(tpe, fraction=f) for f in sc.fractions if f < 1}
     reg['full'] = partial(tpe, fraction=1.0)
@@ -237,6 +252,8 @@ def run_strategies(scorer:Scorer, space:dict, budget_cpu_s:float,
     return out
 
 # %% ../nbs/10_strategies.ipynb #s038
+_FLOAT_HPARAMS = ('dropout', 'learning_rate')
+
 def trace_from_trials(trials:pd.DataFrame, # `trials.csv` of one study: number, state, cpu_s, the nine hyperparameters, a value column
                       fraction:float, # the study's data fraction
                       budget_cpu_s:float, # read trials while the spent CPU time is below this
@@ -249,11 +266,23 @@ def trace_from_trials(trials:pd.DataFrame, # `trials.csv` of one study: number, 
     for _, row in trials.sort_values('number').iterrows():
         if not led.open: break
         if row['state'] not in ('COMPLETE', 'PRUNED', 'FAIL') or pd.isna(row['cpu_s']): continue
-        hp = {n: (row[n].item() if hasattr(row[n], 'item') else row[n]) for n in HPARAMS}
+        if any(pd.isna(row[n]) for n in HPARAMS): continue
+        hp = {n: float(row[n]) if n in _FLOAT_HPARAMS else int(row[n]) for n in HPARAMS}   # ints stay ints, also from a column with NaN
         cer = float(row[value]) if row['state'] == 'COMPLETE' and pd.notna(row[value]) else math.nan
         if cer < best[0]: best = (cer, hp)
         led.charge({'cer': cer, 'cpu_s': float(row['cpu_s'])}, best[1], hp, fraction)
     return led.trace
+
+# %% ../nbs/10_strategies.ipynb #s039a
+def search_tables(run_dir, # run directory
+                  names:list, # strategy names: 'full' (100 %) and 'fraction-0.30', ...
+                 ) -> dict[str, list]:
+    "Strategy name -> the trials tables of the search stage's finished replicate studies of its fraction (none: left out)."
+    found, out = finished_studies(run_dir), {}
+    for n in names:
+        f = 1.0 if n == 'full' else float(n.split('-', 1)[1])
+        if frac_key(f) in found: out[n] = [read_trials(run_dir, f, r) for r in found[frac_key(f)]]
+    return out
 
 # %% ../nbs/10_strategies.ipynb #s041
 def hp_key(hp:dict) -> str:
@@ -278,18 +307,22 @@ def retrain_returned(scorer:Scorer,
                      grid:list, # budgets at which the runs are read (`budget_grid`)
                      seeds:list, # seeds of the full-data retraining
                      known:dict|None=None, # hp_key -> earlier result, reused instead of retraining
+                     score_many:Callable|None=None, # [(hp, seed)] -> [scorer result] (e.g. in worker processes); None: `scorer` in turn
                     ) -> dict[str, dict]:
-    "Every configuration returned at a grid budget, trained on 100 % once per seed: hp_key -> {'cer', 'cers', 'cpu_s', 'hp'}."
+    "Every configuration returned at a grid budget, trained on 100 % once per seed: hp_key -> {'cer', 'cers', 'cpu_s', 'reused', 'cpu_s_new', 'hp'}."
     out, want = dict(known or {}), {}
     for runs in traces.values():
         for tr in runs:
             for i, b in enumerate(grid):
                 hp = returned_at(tr, b, final=i == len(grid) - 1)
                 if hp is not None: want.setdefault(hp_key(hp), hp)
-    for k, hp in tqdm([(k, hp) for k, hp in want.items() if k not in out], desc='full-data retraining'):
-        rs = [scorer(hp, 1.0, s) for s in seeds]
-        out[k] = {'cer': float(np.mean([r['cer'] for r in rs])), 'cers': [float(r['cer']) for r in rs],
-                  'cpu_s': float(sum(r['cpu_s'] for r in rs)), 'hp': dict(hp)}
+    jobs = [(hp, s) for k, hp in want.items() if k not in out for s in seeds]
+    res = score_many(jobs) if score_many else [scorer(hp, 1.0, s) for hp, s in tqdm(jobs, desc='full-data retraining')]
+    for i in range(0, len(jobs), len(seeds)):
+        hp, rs = jobs[i][0], res[i:i + len(seeds)]
+        out[hp_key(hp)] = {'cer': float(np.mean([r['cer'] for r in rs])), 'cers': [float(r['cer']) for r in rs],
+                           'cpu_s': float(sum(r['cpu_s'] for r in rs)), 'reused': sum(bool(r.get('reused')) for r in rs),
+                           'cpu_s_new': float(sum(r['cpu_s'] for r in rs if not r.get('reused'))), 'hp': dict(hp)}
     return out
 
 # %% ../nbs/10_strategies.ipynb #s049
@@ -298,7 +331,7 @@ def anytime_regret(traces:dict, # name -> list of traces
                    full:dict, # `retrain_returned` output
                   ) -> pd.DataFrame:
     "One row per (strategy, replicate, budget): CPU spent, the returned configuration's full-data CER and its regret."
-    best = min(v['cer'] for v in full.values())
+    best = min((v['cer'] for v in full.values() if math.isfinite(v['cer'])), default=math.nan)   # a diverged student is no reference
     rows = []
     for name, runs in traces.items():
         for r, tr in enumerate(runs):
@@ -466,16 +499,60 @@ def synthetic_factory(run_dir) -> Scorer:
     "The synthetic scorer on the run's search space."
     return synthetic_scorer(load_config(run_dir).search.space)
 
-SCORER_FACTORIES = {'synthetic': synthetic_factory}   # name -> (run_dir -> Scorer); the pipeline registers the KD objective
+# %% ../nbs/10_strategies.ipynb #s077b
+def datasize_results(run_dir) -> dict:
+    "(hp_key, seed) -> the data-size stage's result of one student on 100 % at the trial budget, made with this run's config."
+    p = run_path(run_dir, 'report')/'scores.jsonl'
+    if not p.exists(): return {}
+    cfg = load_config(run_dir); cfg.search                 # fingerprinted as the data-size stage does: loaded, search section read
+    d = {k: v for k, v in cfg.to_dict().items() if k != 'datasize'}
+    ok = {config_hash(d): 'this config', config_hash({k: v for k, v in d.items() if k != 'strategies'}): 'this config before its strategies section'}
+    out, other, how = {}, 0, set()
+    for line in p.read_text(encoding='utf-8').splitlines():
+        try: rec = json.loads(line)
+        except json.JSONDecodeError: continue                # a line cut by a kill
+        if rec.get('fingerprint') not in ok: other += 1; continue
+        job = rec.get('job') or {}
+        if job.get('kind') == 'score' and job.get('fraction') == '1.0' and float(job.get('scale', 1.0)) == 1.0:
+            out[(hp_key(job['hp']), int(job['seed']))] = rec['result']; how.add(ok[rec['fingerprint']])
+    if other: log.warning('%s: %d results were made with another config; not reused', p, other)
+    if out: log.info('%s: %d full-data results reusable (made with %s)', p, len(out), ' and '.join(sorted(how)))
+    return out
+
+def kd_factory(run_dir) -> Scorer:
+    "The KD objective: one student on the fraction for the epoch budget, CER on the test folds; the data-size stage's 100 % results reused."
+    from asr_kd_nb.datasize import train_and_score
+    done = datasize_results(run_dir)
+    def score(hp:dict, fraction:float, seed:int) -> dict:
+        r = done.get((hp_key(hp), int(seed))) if frac_key(fraction) == '1.0' else None
+        reused = r is not None
+        if not reused: r = train_and_score(run_dir, hp, fraction, seed)
+        cer = r.get('gmean')
+        return {'cer': math.nan if cer is None else float(cer), 'cpu_s': float(r['cpu_s']), 'steps': r.get('steps'), 'reused': reused}
+    return score
+
+SCORER_FACTORIES = {'kd': kd_factory, 'synthetic': synthetic_factory}   # name -> (run_dir -> Scorer)
 
 # %% ../nbs/10_strategies.ipynb #s078
-def plan_budget(scorer:Scorer, space:dict, sc:StrategiesConfig, seed:int) -> dict:
-    "B in CPU-seconds: `budget_cpu_s`, or `budget_trials` times the measured cost of the scaled paper best on 100 %."
-    if sc.budget_cpu_s > 0: return {'budget_cpu_s': sc.budget_cpu_s, 'probe_cpu_s': None}
-    hp = hparams_from_params(paper_trials(space)[0][1], parse_space(space))
-    probe = float(scorer(hp, 1.0, derive_seed(seed, 'strategies', 'probe'))['cpu_s'])
-    if probe <= 0: raise ValueError(f'the budget probe trial reported cpu_s={probe}; cannot size B in trials')
-    return {'budget_cpu_s': sc.budget_trials * probe, 'probe_cpu_s': probe}
+def search_trial_cost(tables:list, # trials tables of the 100 % search (one per replicate)
+                      students:int=1, # students per search trial (`kd.seeds` in the independent protocol)
+                     ) -> float|None:
+    "Median CPU-seconds of one student in the complete trials of the 100 % searches; None without any."
+    cpu = [t.loc[t.state == 'COMPLETE', 'cpu_s'].dropna() for t in tables if 'cpu_s' in t]
+    cpu = pd.concat(cpu) if cpu else pd.Series(dtype=float)
+    return float(cpu.median()) / max(1, students) if len(cpu) else None
+
+def plan_budget(scorer:Scorer, space:dict, sc:StrategiesConfig, seed:int,
+                probe_cpu_s:float|None=None, # measured cost of one full-data trial (`search_trial_cost`); None: train one here
+               ) -> dict:
+    "B in CPU-seconds: `budget_cpu_s`, or `budget_trials` times the cost of one full-data trial (measured by the search, else here)."
+    if sc.budget_cpu_s > 0: return {'budget_cpu_s': sc.budget_cpu_s, 'probe_cpu_s': None, 'probe': 'strategies.budget_cpu_s'}
+    how = 'median complete trial of the 100 % search'
+    if probe_cpu_s is None:
+        hp = hparams_from_params(paper_trials(space)[0][1], parse_space(space))
+        probe_cpu_s, how = float(scorer(hp, 1.0, derive_seed(seed, 'strategies', 'probe'))['cpu_s']), 'the scaled paper best trained once on 100 %'
+    if not probe_cpu_s > 0: raise ValueError(f'the budget probe trial reported cpu_s={probe_cpu_s}; cannot size B in trials')
+    return {'budget_cpu_s': sc.budget_trials * probe_cpu_s, 'probe_cpu_s': probe_cpu_s, 'probe': how}
 
 # %% ../nbs/10_strategies.ipynb #s081
 def resolve_scorer_factory(name:str, # a key of `SCORER_FACTORIES` or 'module:function'
@@ -496,7 +573,7 @@ def strategy_job(run_dir:str, # run directory (config.json)
                  threads:int=1, # torch threads of this job
                 ) -> list:
     "One replicate of one strategy, scorer and registry rebuilt from the run directory (for worker processes); its trace."
-    cfg = load_config(run_dir); sc = cfg.strategies
+    cfg = load_config(run_dir); sc = for_run(cfg.strategies, cfg.splits.fractions)
     torch.set_num_threads(max(1, threads))
     scorer = resolve_scorer_factory(sc.objective)(run_dir)
     with quiet_optuna():
@@ -564,48 +641,82 @@ def _vocab_size(run_dir) -> int:
     p = Path(run_dir)/'cache'/'index.json'
     return len(read_json(p)['vocab']) if p.exists() else 35
 
+# %% ../nbs/10_strategies.ipynb #s092a
+def retrain_seeds(cfg, # the run's `StudyConfig`
+                  n:int, # seeds wanted (`strategies.full_seeds`)
+                 ) -> list[int]:
+    "Seeds of the full-data retraining: the data-size stage's regret seeds first (its results are reused), then derived ones."
+    import asr_kd_nb.datasize   # registers the datasize section
+    first = [int(s) for s in cfg.datasize.regret_seeds][:n]
+    return first + [derive_seed(cfg.seed, 'strategies', 'full', i) for i in range(n - len(first))]
+
+@lru_cache(maxsize=4)
+def _named_scorer(run_dir:str, objective:str) -> Scorer: return resolve_scorer_factory(objective)(run_dir)
+
+def _score_job(run_dir:str, objective:str, hp:dict, fraction:float, seed:int) -> dict:
+    "One scorer call in a worker process (the scorer rebuilt once per process from its name)."
+    return _named_scorer(run_dir, objective)(hp, fraction, seed)
+
 # %% ../nbs/10_strategies.ipynb #s093
-def strategies_stage(run_dir, # run directory with config.json (and the cache for the KD objective)
+def strategies_stage(run_dir, # run directory with config.json (and the search and data-size stages done, for the KD objective)
                      scorer_factory:Callable|None=None, # run_dir -> Scorer; None: `SCORER_FACTORIES[strategies.objective]`
-                     existing:dict|None=None, # 'full'/'fraction-F' -> list of trials tables (DataFrame or CSV path), one per replicate
+                     existing:dict|None=None, # 'full'/'fraction-F' -> trials tables (DataFrame or CSV path), one per replicate; None: the search stage's (KD)
                      known:dict|None=None, # hp_key -> full-data result already measured (`retrain_returned` format), reused
                     ) -> dict:
     "Run the strategies at equal compute, retrain what they return, write `strategies/summary.json` and figures."
-    t0, run_dir = time.process_time(), Path(run_dir); cfg = load_config(run_dir); sc, space = cfg.strategies, cfg.search.space
+    from asr_kd_nb.kd import run_parallel, available_cores
+    t0, w0, run_dir = time.process_time(), time.time(), Path(run_dir); cfg = load_config(run_dir)
+    sc, space = for_run(cfg.strategies, cfg.splits.fractions), cfg.search.space
     out = run_dir/'strategies'; out.mkdir(parents=True, exist_ok=True)
+    objective = sc.objective if scorer_factory is None else getattr(scorer_factory, '__name__', 'custom')
     scorer = (scorer_factory or resolve_scorer_factory(sc.objective))(run_dir)
-    plan = plan_budget(scorer, space, sc, cfg.seed); B = plan['budget_cpu_s']
-    log.info('Stage strategies: B = %.1f CPU-s, %d replicates', B, sc.replicates)
     reg = strategy_registry(sc)
-    bad = sorted(set(existing or {}) - {n for n in reg if n == 'full' or n.startswith('fraction-')})
-    if bad: raise ValueError(f'existing trials given for {bad}; only the TPE strategies {[n for n in reg if n not in ("multifidelity", "random")]} can be reused')
-    reused = {n: [trace_from_trials(pd.read_csv(t) if not isinstance(t, pd.DataFrame) else t,
-                                    1.0 if n == 'full' else float(n.split('-')[1]), B) for t in ts] for n, ts in (existing or {}).items()}
-    for n, trs in reused.items():
-        short = [round(t[-1][0], 1) for t in trs if not t or t[-1][0] < B]
-        if short: log.warning('reused %s searches spent only %s of B = %.1f CPU-s; their runs stop short of B', n, short, B)
+    tpe = [n for n in reg if n == 'full' or n.startswith('fraction-')]
+    if existing is None: existing = search_tables(run_dir, tpe) if sc.reuse_searches and objective == 'kd' else {}
+    bad = sorted(set(existing) - set(tpe))
+    if bad: raise ValueError(f'existing trials given for {bad}; only the TPE strategies {tpe} can be reused')
+    tables = {n: [pd.read_csv(t) if not isinstance(t, pd.DataFrame) else t for t in ts] for n, ts in existing.items()}
+    students = len(cfg.kd.seeds) if cfg.kd.protocol == 'independent' else 1
+    plan = plan_budget(scorer, space, sc, cfg.seed, search_trial_cost(tables.get('full', []), students)); B = plan['budget_cpu_s']
+    log.info('Stage strategies (%s objective): B = %.1f CPU-s (%s), reusing %s', objective, B, plan['probe'], sorted(tables) or 'nothing')
+    reused = {n: [trace_from_trials(t, 1.0 if n == 'full' else float(n.split('-')[1]), B) for t in ts] for n, ts in tables.items()}
+    short = {n: [round(t[-1][0], 1) for t in trs if not t or t[-1][0] < B] for n, trs in reused.items()}
+    for n, s in short.items():
+        if s: log.warning('reused %s searches spent only %s of B = %.1f CPU-s; they stop short of B', n, s, B)
     todo = [n for n in reg if n not in reused]
-    workers = sc.workers or (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1)
+    workers = sc.workers or available_cores()
     ran = (run_strategies(scorer, space, B, {n: reg[n] for n in todo}, sc.replicates, cfg.seed) if scorer_factory is not None
            else run_strategy_jobs(run_dir, todo, B, sc.replicates, workers))   # a factory object cannot travel to workers by name
-    traces = {**ran, **reused}
-    grid = budget_grid(B, sc.grid)
-    full = retrain_returned(scorer, traces, grid, [derive_seed(cfg.seed, 'strategies', 'full', s) for s in range(sc.full_seeds)], known)
+    traces = {n: ran[n] if n in ran else reused[n] for n in reg}
+    grid, seeds = budget_grid(B, sc.grid), retrain_seeds(cfg, sc.full_seeds)
+    many = None if scorer_factory is not None or workers <= 1 else \
+        (lambda jobs: run_parallel(_score_job, [(str(run_dir), sc.objective, hp, 1.0, s) for hp, s in jobs], workers, desc='full-data retraining'))
+    full = retrain_returned(scorer, traces, grid, seeds, known, many)
     curves = anytime_regret(traces, grid, full); curves.to_csv(out/'anytime.csv', index=False)
     table = regret_table(curves, B, sc.bootstrap, cfg.seed); table.to_csv(out/'table.csv', index=False)
     verdict = verdict_text(table)
     at_b = table[table.budget == 'B'].dropna(subset=['regret'])
-    plot_anytime(curves, out/'anytime_regret.png', f'{sc.objective} objective: lowest mean regret at B: {at_b.loc[at_b.regret.idxmin()].strategy}')
+    plot_anytime(curves, out/'anytime_regret.png', f'{objective} objective: lowest mean regret at B: {at_b.loc[at_b.regret.idxmin()].strategy}')
     vocab, cache = _vocab_size(run_dir), {}
     measure = lambda hp: cache[hp_key(hp)] if hp_key(hp) in cache else cache.setdefault(hp_key(hp), inference_cost(hp, vocab, sc.latency_seconds))
     ptab = pareto_table(pareto_study(full_data_records(traces), space, measure, scorer, sc.pareto_trials, cfg.seed))
     ptab.to_csv(out/'pareto.csv', index=False); small = smallest_within(ptab, sc.pareto_tolerance)
     plot_pareto(ptab, out/'pareto.png', small)
-    best = min(full.values(), key=lambda v: v['cer'])
-    summary = {'objective': sc.objective if scorer_factory is None else getattr(scorer_factory, '__name__', 'custom'), **plan, 'budget_cpu_h': B / 3600, 'replicates': sc.replicates, 'grid_cpu_s': grid,
+    best = min(full.values(), key=lambda v: v['cer'] if math.isfinite(v['cer']) else math.inf)
+    summ = strategy_summary(table, curves, full)
+    for n, s in summ.items():
+        s.update(reused=n in reused, short_of_budget=bool(short.get(n)), trials=float(np.mean([len(t) for t in traces[n]])))
+    new = [r for r in full.values() if known is None or hp_key(r['hp']) not in known]
+    summary = {'objective': objective, **plan, 'budget_cpu_h': B / 3600, 'replicates': sc.replicates, 'grid_cpu_s': grid,
                'best_full_cer': best['cer'], 'best_config': best['hp'], 'reused': sorted(reused),
-               'strategies': strategy_summary(table, curves, full), 'verdict': verdict,
+               'strategies': summ, 'verdict': verdict,
+               'interval_widths': {n: s['regret_ci'][1] - s['regret_ci'][0] for n, s in summ.items() if None not in s['regret_ci']},
+               'retraining': {'seeds': seeds, 'configurations': len(new), 'trainings': len(new) * len(seeds),
+                              'from_datasize': int(sum(r['reused'] for r in new))},
+               'cost': {'strategy_trials_cpu_s': float(sum(t[-1][0] for n in todo for t in traces[n] if t)),
+                        'retraining_cpu_s': float(sum(r['cpu_s_new'] for r in new)), 'wall_s': None},
                'pareto': {'tolerance': sc.pareto_tolerance, 'smallest_within': small, 'front': ptab[ptab.pareto].to_dict('records'),
                           'trials': len(ptab)}, 'stage_cpu_s': time.process_time() - t0}
+    summary['cost']['wall_s'] = round(time.time() - w0, 1)
     write_json(out/'summary.json', _clean(summary))
     return summary

@@ -88,3 +88,20 @@ def test_smoke_report_can_tell(smoke_run):
     # the first trial after the enqueued ones differs between studies (independent sampler paths)
     first = {k: tuple(t[t.enqueued == ''].iloc[0][['learning_rate', 'dropout']]) for k, t in trials.items() if (t.enqueued == '').any()}
     assert len(set(first.values())) == len(first) >= 2, first
+
+def test_smoke_strategies_summary(smoke_run):
+    "Issue 15 on the smoke run: every strategy with CPU time, regret [interval] and its configuration, on the KD objective."
+    from asr_kd_nb.conformer import StudentHParams
+    d = smoke_run['dir']
+    s = json.loads((d/'strategies'/'summary.json').read_text())
+    assert s['objective'] == 'kd' and s['budget_cpu_s'] > 0 and s['probe'].startswith('median complete trial')
+    assert {'fraction-0.50', 'full', 'multifidelity', 'random'} == set(s['strategies'])
+    assert set(s['reused']) == {'fraction-0.50', 'full'}                 # the search stage's studies, not TPE run again
+    for name, v in s['strategies'].items():
+        for k in ('cpu_s', 'regret', 'regret_ci', 'config'): assert k in v, (name, k)
+        StudentHParams.from_dict(v['config'])
+        assert v['regret_ci'][0] <= v['regret'] <= v['regret_ci'][1] and v['regret'] >= 0, name
+        assert v['replicates'] >= 2, name
+        if not v['reused']: assert v['cpu_s'] >= s['budget_cpu_s'], name    # run here: until B is spent
+    assert s['retraining']['from_datasize'] > 0                          # the data-size stage's 100 % students were read, not retrained
+    for f in ('anytime_regret.png', 'pareto.png'): assert (d/'strategies'/f).stat().st_size > 5000

@@ -19,8 +19,8 @@ def _configs(n, seed=0):
 
 @pytest.mark.parametrize('budget', [25.0, 70.0, 140.0])
 def test_every_strategy_stops_within_budget(budget):
-    sc = StrategiesConfig(fractions=[0.3, 0.5, 0.7], bracket=6, eta=2)
-    reg = {**strategy_registry(sc), 'successive-halving': strategy_registry(StrategiesConfig(hyperband=False))['multifidelity']}
+    sc = StrategiesConfig(fractions=[0.3, 0.5, 0.7], rungs=[0.3, 0.5, 1.0], bracket=6, eta=2)
+    reg = {**strategy_registry(sc), 'successive-halving': strategy_registry(StrategiesConfig(rungs=[0.3, 0.5, 1.0], hyperband=False))['multifidelity']}
     traces = run_strategies(SCORE, SPACE, budget, reg, replicates=2, seed=3)
     for name, runs in traces.items():
         for tr in runs:
@@ -71,7 +71,7 @@ def test_synthetic_ranking_moves_with_fraction():
     assert SCORE(cs[0], 0.5, 1)['cpu_s'] == pytest.approx(0.5 * SCORE(cs[0], 1.0, 1)['cpu_s'])
 
 def _regret_at_b(scorer, names=('fraction-0.30', 'full')):
-    sc = StrategiesConfig(fractions=[0.3])
+    sc = StrategiesConfig(fractions=[0.3], rungs=[0.3, 0.5, 1.0])
     reg = {n: f for n, f in strategy_registry(sc).items() if n in names}
     B = 150.0; grid = budget_grid(B, 4)
     traces = run_strategies(scorer, SPACE, B, reg, 3, seed=1)
@@ -94,7 +94,8 @@ def test_bad_inputs():
 
 def _run_dir(tmp_path, **over):
     save_config(study_config('smoke', {'strategies': {'budget_trials': 5, 'replicates': 3, 'bracket': 6, 'pareto_trials': 2, 'workers': 1,
-                                                      'latency_seconds': 0.5, 'bootstrap': 200, **over}}), tmp_path)
+                                                      'latency_seconds': 0.5, 'bootstrap': 200, 'objective': 'synthetic',
+                                                      'fractions': [0.3, 0.5, 0.7], 'rungs': [0.3, 0.5, 1.0], **over}}), tmp_path)
     return tmp_path
 
 def test_stage_summary_and_figures(tmp_path):
@@ -123,8 +124,8 @@ def test_parallel_runs_equal_inline_runs(tmp_path):
     assert run_strategy_jobs(run_dir, names, 40.0, 2, workers=2) == run_strategy_jobs(run_dir, names, 40.0, 2, workers=1)
 
 def test_stage_refuses_unknown_objective(tmp_path):
-    with pytest.raises(ValueError, match="strategies.objective='kd' is not a registered scorer"):
-        strategies_stage(_run_dir(tmp_path, objective='kd'))
+    with pytest.raises(ValueError, match="strategies.objective='bogus' is not a registered scorer"):
+        strategies_stage(_run_dir(tmp_path, objective='bogus'))
 
 def test_stage_runs_under_papermill(tmp_path):
     from asr_kd_nb.pipeline import Stage, execute_stage
@@ -132,3 +133,17 @@ def test_stage_runs_under_papermill(tmp_path):
     out = execute_stage(Stage('10_strategies', 'strategies', ('strategies/summary.json',)), run_dir, progress=False)
     assert (run_dir/'strategies'/'summary.json').exists() and out.exists()
     assert 'smallest_within' in json.loads((run_dir/'strategies'/'summary.json').read_text())['pareto']
+
+def test_run_dir_made_before_the_strategies_section_accepts_it(tmp_path):
+    "A finished run whose config.json predates this stage: `--force 10_strategies` adds the section; changing it later names the stage."
+    from asr_kd_nb.pipeline import prepare_run_dir, available_stages, ConfigMismatch
+    available_stages()                                            # every stage's section registered, as `asr-kd run` does
+    cfg = study_config('default')
+    old = cfg.to_dict(); old.pop('strategies')
+    (tmp_path/'config.json').write_text(json.dumps(old))
+    prepare_run_dir(cfg, tmp_path, force='10_strategies')        # a section gained is no change: accepted, written
+    saved = json.loads((tmp_path/'config.json').read_text())
+    assert saved['strategies']['objective'] == 'kd' and {k: v for k, v in saved.items() if k != 'strategies'} == old
+    prepare_run_dir(cfg, tmp_path)                                # the same config again: nothing to force
+    with pytest.raises(ConfigMismatch, match='--force 10_strategies'):
+        prepare_run_dir(study_config('default', {'strategies': {'budget_trials': 2.0}}), tmp_path)
