@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 import numpy as np, torch
 from .config import load_config, read_json, write_json, resolve_device, check_device
+from .rundir import read_splits
 from .conformer import PAPER_BEST, build_student, scale_hparams, N_MFCC
 from .emissions import load_cache, student_mfcc, align_frames
 from .teacher import set_threads, load_teacher
@@ -142,7 +143,7 @@ def bench_kd(run_dir=None, # run directory with cache/, splits.json, teacher/ an
     from asr_kd_nb.corpus import read_manifest
     if run_dir is None: raise ValueError('bench kd needs --run-dir: a run directory with the teacher stage done')
     run_dir = Path(run_dir); cfg = load_config(run_dir); device = check_device(device or cfg.device)
-    cache, splits = load_cache(run_dir), read_json(run_dir/'splits.json')
+    cache, splits = load_cache(run_dir), read_splits(run_dir)
     hp = replace(scale_hparams(PAPER_BEST['1.0'], cfg.conformer), minibatch_size=batch_size)
     threads = set_threads(cfg.kd.threads if threads is None else threads)
     ids = _median_batch(cache, splits['train'], batch_size)
@@ -187,7 +188,7 @@ def _trial_worker(run_dir, device, steps, cores, k, commands, results):
         if cores: os.sched_setaffinity(0, set(cores))
         torch.set_num_threads(1)
         if torch.device(device).type == 'cuda' and torch.device(device).index is not None: torch.cuda.set_device(torch.device(device))
-        cfg = load_config(run_dir); cache, splits = load_cache(run_dir), read_json(Path(run_dir)/'splits.json')
+        cfg = load_config(run_dir); cache, splits = load_cache(run_dir), read_splits(run_dir)
         hp, kd_cfg = scale_hparams(PAPER_BEST['1.0'], cfg.conformer), cfg.kd
         fold = sorted(splits['test_folds'].items())[0][1]
         def trial(seed):
@@ -435,7 +436,7 @@ def student_cost(run_dir, # run directory with the teacher stage done
     "Seconds (wall and CPU) per utterance-epoch of training for three student sizes, smallest first."
     from asr_kd_nb.conformer import count_parameters
     run_dir = Path(run_dir); cfg = load_config(run_dir); device = check_device(device or cfg.device)
-    cache, splits = load_cache(run_dir), read_json(run_dir/'splits.json')
+    cache, splits = load_cache(run_dir), read_splits(run_dir)
     set_threads(cfg.kd.threads if threads is None else threads)
     sizes = {}
     for f in ('0.5', '1.0', '0.7'):

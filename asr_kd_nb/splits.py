@@ -14,7 +14,7 @@ import numpy as np
 from .config import config_section, section_preset, write_json, read_json, derive_seed, load_config, require, config_check, save_figure
 from .corpus import read_manifest, Utterance
 from .clustering import read_labels
-from .rundir import frac_key   # the one spelling of a fraction key, owned by the run-directory chapter
+from .rundir import frac_key, run_path   # the one spelling of a fraction key and the run paths, owned by the run-directory chapter
 
 # %% auto #0
 __all__ = ['log', 'SplitsConfig', 'clusters_needed', 'enough_clusters', 'fold_name', 'pick_test_clusters', 'text_leakage',
@@ -228,7 +228,7 @@ def split_stage(run_dir, # run directory with corpus/manifest.jsonl, clustering/
     s = make_splits(utts, read_labels(run_dir/'clustering'/'labels.csv'), scfg.splits, derive_seed(scfg.seed, 'splits'))
     chosen = run_dir/'clustering'/'chosen.json'
     if chosen.exists(): s['clustering'] = read_json(chosen).get('name')
-    write_json(run_dir/'splits.json', s)
+    write_json(run_path(run_dir, 'splits'), s)
     sl = s['speaker_leakage']
     log.info('splits: %d test folds %s, %d training utterances (%d dropped for sentence leakage), speaker leakage %s',
              len(s['test_folds']), s['test_clusters'], len(s['train']), s['text_leakage']['train_utterances_sharing_a_test_sentence']

@@ -21,7 +21,7 @@ def test_run_with_cuda_without_cuda_exits_2_before_any_stage(tmp_path):
     run_dir = tmp_path/'run'
     r = asr_kd('run', '--config', cfg, '--run-dir', run_dir, '--no-progress', timeout=300)
     assert r.returncode == 2, r.stderr[-2000:]
-    assert 'no CUDA device' in r.stderr and "config \"device\"" in r.stderr
+    assert 'no CUDA device' in r.stderr and "device='cuda'" in r.stderr
     assert not run_dir.exists()                      # not even config.json: nothing ran
 
 
