@@ -180,7 +180,7 @@ class SearchConfig:
     "The Optuna study of every data fraction: space, budget, pruning, storage, heartbeat."
     space: dict = field(default_factory=lambda: dict(_SMOKE_SPACE))  # hyperparameter -> spec string (see `parse_dimension`)
     n_trials: int = 5                  # finished (complete or pruned) trials per study, all workers together
-    replicates: int = 2                # R independent searches per fraction (studies frac-0.30-r0 ... -r{R-1})
+    replicates: int = 2                # R independent searches per fraction (studies named by `rundir.study_key`)
     paired: bool = False               # True: replicate r of every fraction shares one sampler seed (paired design); False: independent
     workers: int = 0                   # local worker processes of the search stage (0: every core this process may use)
     steps: int = 0                     # fixed training steps per student (ablation); 0: the `kd` section's budget (epochs)
@@ -260,7 +260,7 @@ PAPER_SPACE_SPEC = dict(SearchConfig.presets['paper']['space'])   # the space th
 
 # %% ../nbs/06_search.ipynb #c025
 fraction_key = frac_key   # one implementation, in the run-directory chapter
-study_name = study_key    # 'frac-0.30-r2': fraction and replicate
+study_name = study_key    # fraction and replicate (spelt by `rundir.study_key`)
 
 def kd_scorer(run_dir, # run directory with splits.json and the teacher cache
               fraction:float, # data fraction whose training utterances are used
@@ -505,12 +505,12 @@ def _enqueue_next_paper_trial(study:optuna.Study, sc:SearchConfig):
             study.enqueue_trial(params, user_attrs={'enqueued': label}); return
 
 def search_worker(run_dir, # run directory (config.json; splits.json and the teacher cache for the KD objective)
-                  fraction:float=1.0, # data fraction: the study 'frac-X.XX' and the training utterances
+                  fraction:float=1.0, # data fraction: its studies and training utterances
                   storage:str|None=None, # Optuna RDB URL; None: config `search.storage`, else sqlite under RUN_DIR/search
                   n_trials:int|None=None, # finished trials the study should reach (all workers together); None: config
                   objective=None, # scorer factory (callable or 'module:function'); None: config `search.objective` / KD
-                  export:bool=True, # write RUN_DIR/search/frac-X.XX-rR/ when the study is done
-                  replicate:int=0, # replicate search of the fraction: the study 'frac-X.XX-rR'
+                  export:bool=True, # write the study's folder under RUN_DIR/search/ when it is done
+                  replicate:int=0, # replicate search of the fraction (see `rundir.study_key`)
                   wait:bool=True, # wait for other workers' last trials (False: return as soon as no trial is left to start)
                  ) -> dict:
     "One worker on a replicate study of the fraction: run trials until it has `n_trials` finished ones; returns the summary."
@@ -709,11 +709,11 @@ def add_worker_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--fraction', type=float, required=True, help='data fraction, e.g. 0.3')
     p.add_argument('--storage', help='Optuna RDB URL: sqlite:///PATH or postgresql://USER:PW@HOST:PORT/DB '
                                      '(default: config search.storage, else sqlite:///RUN_DIR/search/studies.db)')
-    p.add_argument('--replicate', type=int, default=0, help='replicate search of the fraction (study frac-X.XX-rR; default 0)')
+    p.add_argument('--replicate', type=int, default=0, help='replicate search of the fraction (default 0; studies are named fraction and replicate)')
     p.add_argument('--n-trials', type=int, help='finished trials the study should reach, all workers together (default: config)')
     p.add_argument('--objective', help="scorer factory 'module:function' (default: the KD objective; "
                                        "asr_kd_nb.search:dry_run_scorer checks a setup without training)")
-    p.add_argument('--no-export', action='store_true', help='do not write RUN_DIR/search/frac-X.XX/ at the end')
+    p.add_argument('--no-export', action='store_true', help="do not write the study's folder under RUN_DIR/search/ at the end")
     return p
 
 def worker_main(argv:list|None=None) -> int:
