@@ -96,6 +96,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                  'asr_kd_nb/clustering.py'),
                                       'asr_kd_nb.clustering.plot_umap': ('clustering.html#plot_umap', 'asr_kd_nb/clustering.py'),
                                       'asr_kd_nb.clustering.read_labels': ('clustering.html#read_labels', 'asr_kd_nb/clustering.py'),
+                                      'asr_kd_nb.clustering.readable_name': ('clustering.html#readable_name', 'asr_kd_nb/clustering.py'),
                                       'asr_kd_nb.clustering.register_clusterer': ( 'clustering.html#register_clusterer',
                                                                                    'asr_kd_nb/clustering.py'),
                                       'asr_kd_nb.clustering.relabel_by_size': ( 'clustering.html#relabel_by_size',

@@ -16,13 +16,13 @@ from .config import (config_section, write_json, read_json, resolve_source, deri
 from .corpus import read_manifest, decode_audio, SAMPLE_RATE
 
 # %% auto #0
-__all__ = ['CLUSTERERS', 'EMBEDDERS', 'ALGORITHMS', 'log', 'Clusterer', 'register_clusterer', 'ClusteringConfig',
-           'mfcc_statistics', 'standardise_rows', 'l2_normalise', 'embed_xvectors', 'embed_mfcc', 'embed_utterances',
-           'condensed_distances', 'cut_tree', 'birch_labels', 'silhouette_from_distances', 'row_name',
-           'clustering_grid', 'relabel_by_size', 'silhouette_sample_distances', 'sweep_families', 'score_row',
-           'sweep_clusterings', 'chosen_spec', 'choose_row', 'check_chosen', 'exact_knn', 'umap_2d', 'plot_umap',
-           'plot_silhouettes', 'write_labels', 'read_labels', 'stage_embeddings', 'chosen_record', 'umap_colourings',
-           'draw_clustering', 'cluster_stage', 'synthetic_speaker_vectors']
+__all__ = ['CLUSTERERS', 'EMBEDDERS', 'ALGORITHMS', 'log', 'ALGORITHM_NAMES', 'Clusterer', 'register_clusterer',
+           'ClusteringConfig', 'mfcc_statistics', 'standardise_rows', 'l2_normalise', 'embed_xvectors', 'embed_mfcc',
+           'embed_utterances', 'condensed_distances', 'cut_tree', 'birch_labels', 'silhouette_from_distances',
+           'row_name', 'readable_name', 'clustering_grid', 'relabel_by_size', 'silhouette_sample_distances',
+           'sweep_families', 'score_row', 'sweep_clusterings', 'chosen_spec', 'choose_row', 'check_chosen', 'exact_knn',
+           'umap_2d', 'plot_umap', 'plot_silhouettes', 'write_labels', 'read_labels', 'stage_embeddings',
+           'chosen_record', 'umap_colourings', 'draw_clustering', 'cluster_stage', 'synthetic_speaker_vectors']
 
 # %% ../nbs/01_clustering.ipynb #h14a42
 @dataclass(frozen=True)
@@ -289,6 +289,15 @@ def row_name(algorithm:str, params:dict) -> str:
     if algorithm not in CLUSTERERS: raise ValueError(f'unknown clustering algorithm {algorithm!r}; use one of {tuple(CLUSTERERS)}')
     return CLUSTERERS[algorithm].label(params)
 
+# %% ../nbs/01_clustering.ipynb #c019r
+ALGORITHM_NAMES = {'birch': 'Birch', 'kmeans': 'K-Means', 'agglomerative': 'agglomerative'}
+
+def readable_name(row:dict) -> str:
+    "A sweep row's name for a figure: 'Birch (threshold 0.44, k = 10)'."
+    p = {k: v for k, v in row.get('params', {}).items() if k != 'k'}
+    extra = ', '.join(f'{k} {v}' for k, v in p.items())
+    return f"{ALGORITHM_NAMES.get(row['algorithm'], row['algorithm'])} ({extra + ', ' if extra else ''}k = {row['k']})"
+
 # %% ../nbs/01_clustering.ipynb #h14a50
 def clustering_grid(cfg:ClusteringConfig, # sweep settings
                     n_points:int, # number of utterances
@@ -508,8 +517,11 @@ def plot_silhouettes(rows:list[dict], # sweep rows
     for g, rs in groups.items():
         rs = sorted(rs, key=lambda r: r['k'])
         ax.plot([r['k'] for r in rs], [r['silhouette'] for r in rs], 'o-', label=g)
+    from matplotlib.ticker import MaxNLocator
     ax.set(xlabel='number of clusters k', ylabel='silhouette (euclidean)', title=title)
-    ax.legend(fontsize=7); fig.tight_layout()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # k is a count
+    ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1), borderaxespad=0, frameon=False)   # beside the data, not on it
+    fig.tight_layout()
     if path: save_figure(fig, path, dpi=90)
     return fig
 
@@ -568,7 +580,7 @@ def umap_colourings(rows:list, labels:dict, # the sweep
     colour = {}
     for a in (a for a, c in CLUSTERERS.items() if c.pictured and any(r['algorithm'] == a for r in rows)):
         r = choose_row(rows, rule, spec, cfg, a)
-        colour[f"{r['name']} (silhouette {r['silhouette']:.2f}" + (f", ARI {r['ari']:.2f})" if 'ari' in r else ')')] = labels[r['name']][idx]
+        colour[f"{readable_name(r)}\n(silhouette {r['silhouette']:.2f}" + (f", ARI {r['ari']:.2f})" if 'ari' in r else ')')] = labels[r['name']][idx]
     if chosen['ari'] is not None: colour[f'true speaker ({chosen["speakers"]})'] = np.asarray(speakers)[idx]
     return colour
 
@@ -583,8 +595,8 @@ def draw_clustering(out:Path, # the run's clustering/ folder
     t0 = time.perf_counter()
     idx, xy = umap_2d(X, seed, cfg.umap_max_points, cfg.umap_neighbors)
     best = next(r for r in rows if r['name'] == chosen['name'])
-    finding = (f'{best["name"]} recovers {chosen["speakers"]} speakers with ARI {best["ari"]:.2f}' if chosen['ari'] is not None
-               else f'{best["name"]}: silhouette {best["silhouette"]:.2f}')
+    finding = (f'{readable_name(best)} recovers {chosen["speakers"]} speakers with ARI {best["ari"]:.2f}' if chosen['ari'] is not None
+               else f'{readable_name(best)}: silhouette {best["silhouette"]:.2f}')
     colour = umap_colourings(rows, labels, idx, rule, spec, cfg, chosen, speakers)
     plt.close(plot_umap(xy, colour, f'UMAP of {len(idx)} utterances: {finding}', out/'umap.png'))
     top = max((r for r in rows if np.isfinite(r['silhouette'])), key=lambda r: r['silhouette'])
