@@ -494,6 +494,7 @@ def _sampler(sc:SearchConfig, seed:int, fraction:float, replicate:int, number:in
     return optuna.samplers.TPESampler(seed=sampler_seed(seed, fraction, replicate, number, sc.paired),
                                       n_startup_trials=sc.sampler_startup_trials)
 
+# %% ../nbs/06_search.ipynb #h14c06a
 def _enqueue_next_paper_trial(study:optuna.Study, sc:SearchConfig):
     "Enqueue the first paper configuration this study has not seen yet (call while holding the study lock)."
     if not sc.enqueue_paper: return
@@ -504,6 +505,15 @@ def _enqueue_next_paper_trial(study:optuna.Study, sc:SearchConfig):
         if label not in seen:
             study.enqueue_trial(params, user_attrs={'enqueued': label}); return
 
+
+# %% ../nbs/06_search.ipynb #h14c06c
+def _raise_failures(study, sc):
+    reasons = [t.user_attrs.get('reason', '?') for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
+    raise RuntimeError(f'{len(reasons)} trials of {study.study_name} failed (search.max_failures={sc.max_failures}); '
+                       f'last reason: {reasons[-1] if reasons else "?"}')
+
+
+# %% ../nbs/06_search.ipynb #h14c06e
 def search_worker(run_dir, # run directory (config.json; splits.json and the teacher cache for the KD objective)
                   fraction:float=1.0, # data fraction: its studies and training utterances
                   storage:str|None=None, # Optuna RDB URL; None: config `search.storage`, else sqlite under RUN_DIR/search
@@ -554,10 +564,6 @@ def search_worker(run_dir, # run directory (config.json; splits.json and the tea
         return {**summary, 'ran': ran}
     finally: lock.close()
 
-def _raise_failures(study, sc):
-    reasons = [t.user_attrs.get('reason', '?') for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
-    raise RuntimeError(f'{len(reasons)} trials of {study.study_name} failed (search.max_failures={sc.max_failures}); '
-                       f'last reason: {reasons[-1] if reasons else "?"}')
 
 # %% ../nbs/06_search.ipynb #c035b
 def worker_devices(device:str, # the resolved device: 'cpu', 'cuda' (every visible GPU) or 'cuda:N' (that one)
