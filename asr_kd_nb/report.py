@@ -127,6 +127,8 @@ def plot_ood_curves(curves:pd.DataFrame, # columns: fraction, replicate, epoch, 
     ax.legend(); ax.grid(alpha=0.3)
     return save_figure(fig, path)
 
+
+# %% ../nbs/06a_report.ipynb #h14c6a1e
 @_default_style
 def plot_panel(panel:pd.DataFrame, # rows: panel configurations; columns: fraction keys; values: CER (mean over seeds)
                per:dict, # fraction key → per-fraction entry (spearman_rho, spearman_ci)
@@ -148,6 +150,8 @@ def plot_panel(panel:pd.DataFrame, # rows: panel configurations; columns: fracti
     fig.tight_layout()
     return save_figure(fig, path)
 
+
+# %% ../nbs/06a_report.ipynb #h14c6a2e
 @_default_style
 def plot_regret_cost(points:pd.DataFrame, # one row per (fraction, replicate): fraction, cpu_hours, regret
                      ceiling:dict, # noise ceiling: regret, regret_ci
@@ -165,6 +169,8 @@ def plot_regret_cost(points:pd.DataFrame, # one row per (fraction, replicate): f
     ax.legend(fontsize=8); ax.grid(alpha=0.3)
     return save_figure(fig, path)
 
+
+# %% ../nbs/06a_report.ipynb #h14c6a3e
 @_default_style
 def plot_importances(imp:pd.DataFrame, # rows: hyperparameters; columns: fraction keys; values: importance shares
                      path) -> Path:
@@ -179,6 +185,7 @@ def plot_importances(imp:pd.DataFrame, # rows: hyperparameters; columns: fractio
            title=f'Most important per fraction: {", ".join(f"{pct(f)}: {t}" for f, t in zip(imp.columns, top))}'[:110])
     ax.legend(title='search on'); ax.grid(axis='x', alpha=0.3)
     return save_figure(fig, path)
+
 
 # %% ../nbs/06a_report.ipynb #c015d
 def _get(d:dict, *keys, default=None):
