@@ -173,7 +173,7 @@ def collate(cache, # emission cache (`asr_kd_nb.teacher.load_cache`)
         out['target_lengths'] = torch.tensor([len(ts) for ts in toks])
     return out
 
-# %% ../nbs/05_kd.ipynb #c022
+# %% ../nbs/05_kd.ipynb #h14c05a
 @dataclass
 class TrainResult:
     "A trained student with its optimizer and loss history."
@@ -185,6 +185,8 @@ class TrainResult:
     utterances: int = 0   # training utterances seen in this call (with repeats)
     cpu_s: float = 0.0    # process CPU seconds of this call
 
+
+# %% ../nbs/05_kd.ipynb #c022
 def train_student(hp:StudentHParams, # student hyperparameters (already scaled to this machine)
                   cache, # emission cache
                   train_ids:list[str], # utterances to train on
@@ -266,7 +268,7 @@ def geometric_mean(values) -> float:
     if v.size == 0: raise ValueError('geometric mean of no values')
     return float(np.exp(np.log(v).mean()))
 
-# %% ../nbs/05_kd.ipynb #c031
+# %% ../nbs/05_kd.ipynb #h14c05b
 def checkpoint_steps(steps:int, # a student's budget
                      checkpoints:int=1, # reports wanted per student
                     ) -> list[int]:
@@ -274,6 +276,8 @@ def checkpoint_steps(steps:int, # a student's budget
     if checkpoints < 1: raise ValueError(f'checkpoints={checkpoints} must be >= 1')
     return sorted({max(1, round(steps * (c + 1) / checkpoints)) for c in range(checkpoints)})
 
+
+# %% ../nbs/05_kd.ipynb #c031
 def run_protocol(hp:StudentHParams, # student hyperparameters (already scaled, see `scale_hparams`)
                  cache, # emission cache
                  splits:dict, # contents of splits.json (its `test_folds` are scored)

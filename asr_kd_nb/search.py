@@ -21,11 +21,11 @@ from .rundir import (frac_key, frac_label, study_key, study_dir, fraction_ids, r
 # %% auto #0
 __all__ = ['log', 'HPARAMS', 'PRUNERS', 'INSTANCE_PRUNERS', 'PAPER_SPACE_SPEC', 'fraction_key', 'study_name', 'Dimension',
            'parse_dimension', 'dimension_values', 'parse_space', 'scale_space', 'scale_point', 'SearchConfig',
-           'suggest_hparams', 'hparams_from_params', 'paper_trials', 'kd_scorer', 'dry_run_scorer', 'shifting_scorer',
-           'load_scorer_factory', 'instance_value', 'trial_objective', 'storage_url', 'default_storage', 'public_url',
-           'StudyLock', 'open_storage', 'make_pruner', 'trial_counts', 'sampler_seed', 'search_worker',
-           'worker_devices', 'pin_device', 'search_stage', 'trials_table', 'study_figures', 'export_study',
-           'add_worker_args', 'worker_main']
+           'suggest_hparams', 'hparams_from_params', 'paper_trials', 'kd_scorer', 'dry_run_scorer',
+           'load_scorer_factory', 'shifting_scorer', 'instance_value', 'trial_objective', 'storage_url',
+           'default_storage', 'public_url', 'StudyLock', 'open_storage', 'make_pruner', 'trial_counts', 'sampler_seed',
+           'search_worker', 'worker_devices', 'pin_device', 'search_stage', 'trials_table', 'study_figures',
+           'export_study', 'add_worker_args', 'worker_main']
 
 # %% ../nbs/06_search.ipynb #c006
 log = logging.getLogger(__name__)
@@ -174,6 +174,7 @@ PRUNERS = {   # name -> factory(SearchConfig); adding a pruner touches this dict
 }
 INSTANCE_PRUNERS = ('wilcoxon',)   # pruners that compare per-instance values (one report per fold CER), not running means
 
+# %% ../nbs/06_search.ipynb #h14c06h
 @config_section('search')
 @dataclass
 class SearchConfig:
@@ -300,6 +301,16 @@ def dry_run_scorer(run_dir, fraction:float, cfg) -> Callable[[dict, Callable], d
     score.n_reports = 4
     return score
 
+def load_scorer_factory(objective): # a factory, 'module:function', or '' / None for `kd_scorer`
+    "The scorer factory named by `objective`."
+    if callable(objective): return objective
+    if not objective: return kd_scorer
+    mod, _, fn = str(objective).partition(':')
+    if not mod or not fn: raise ValueError(f"objective {objective!r} must be 'module:function' (e.g. asr_kd_nb.search:dry_run_scorer)")
+    try: return getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e: raise ValueError(f'objective {objective!r} cannot be loaded: {e}') from None
+
+# %% ../nbs/06_search.ipynb #h14c06j
 def shifting_scorer(run_dir, fraction:float, cfg) -> Callable[[dict, Callable], dict]:
     "A synthetic objective (no training) whose best learning rate moves with the fraction, so rankings differ between fractions."
     f, n = float(fraction_key(fraction)), len(fraction_ids(run_dir, fraction))
@@ -317,14 +328,6 @@ def shifting_scorer(run_dir, fraction:float, cfg) -> Callable[[dict, Callable], 
     score.n_reports = len(cfg.kd.seeds)
     return score
 
-def load_scorer_factory(objective): # a factory, 'module:function', or '' / None for `kd_scorer`
-    "The scorer factory named by `objective`."
-    if callable(objective): return objective
-    if not objective: return kd_scorer
-    mod, _, fn = str(objective).partition(':')
-    if not mod or not fn: raise ValueError(f"objective {objective!r} must be 'module:function' (e.g. asr_kd_nb.search:dry_run_scorer)")
-    try: return getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError) as e: raise ValueError(f'objective {objective!r} cannot be loaded: {e}') from None
 
 # %% ../nbs/06_search.ipynb #c028
 def instance_value(i:int, # 0-based index of the newest student
@@ -494,6 +497,7 @@ def _sampler(sc:SearchConfig, seed:int, fraction:float, replicate:int, number:in
     return optuna.samplers.TPESampler(seed=sampler_seed(seed, fraction, replicate, number, sc.paired),
                                       n_startup_trials=sc.sampler_startup_trials)
 
+# %% ../nbs/06_search.ipynb #h14c06a
 def _enqueue_next_paper_trial(study:optuna.Study, sc:SearchConfig):
     "Enqueue the first paper configuration this study has not seen yet (call while holding the study lock)."
     if not sc.enqueue_paper: return
@@ -504,6 +508,15 @@ def _enqueue_next_paper_trial(study:optuna.Study, sc:SearchConfig):
         if label not in seen:
             study.enqueue_trial(params, user_attrs={'enqueued': label}); return
 
+
+# %% ../nbs/06_search.ipynb #h14c06c
+def _raise_failures(study, sc):
+    reasons = [t.user_attrs.get('reason', '?') for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
+    raise RuntimeError(f'{len(reasons)} trials of {study.study_name} failed (search.max_failures={sc.max_failures}); '
+                       f'last reason: {reasons[-1] if reasons else "?"}')
+
+
+# %% ../nbs/06_search.ipynb #h14c06e
 def search_worker(run_dir, # run directory (config.json; splits.json and the teacher cache for the KD objective)
                   fraction:float=1.0, # data fraction: its studies and training utterances
                   storage:str|None=None, # Optuna RDB URL; None: config `search.storage`, else sqlite under RUN_DIR/search
@@ -554,10 +567,6 @@ def search_worker(run_dir, # run directory (config.json; splits.json and the tea
         return {**summary, 'ran': ran}
     finally: lock.close()
 
-def _raise_failures(study, sc):
-    reasons = [t.user_attrs.get('reason', '?') for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
-    raise RuntimeError(f'{len(reasons)} trials of {study.study_name} failed (search.max_failures={sc.max_failures}); '
-                       f'last reason: {reasons[-1] if reasons else "?"}')
 
 # %% ../nbs/06_search.ipynb #c035b
 def worker_devices(device:str, # the resolved device: 'cpu', 'cuda' (every visible GPU) or 'cuda:N' (that one)
