@@ -12,7 +12,7 @@ from typing import Callable, ClassVar
 import numpy as np
 from tqdm.auto import tqdm
 from .config import (config_section, write_json, read_json, resolve_source, derive_seed, resolve_device, load_config,
-                              require, config_source, save_figure, torch_threads)
+                              require, config_source, save_figure, torch_threads, clusters_needed)
 from .corpus import read_manifest, decode_audio, SAMPLE_RATE
 
 # %% auto #0
@@ -621,8 +621,7 @@ def cluster_stage(run_dir, # run directory with corpus/manifest.jsonl and config
                                      seed, cfg.n_jobs, cfg.relabel_by_size)
     sweep_s = time.perf_counter() - t0
     best = choose_row(rows, rule, spec, cfg)
-    from asr_kd_nb.splits import clusters_needed   # the splits chapter owns the rule; imported here to fail before stage 02
-    check_chosen(best, spec, clusters_needed(scfg.splits), cfg)
+    check_chosen(best, spec, clusters_needed(read_json(run_dir/'config.json').get('splits', {})), cfg)   # fail before stage 02
     chosen = chosen_record(best, choose_row(rows, 'silhouette', None, cfg), rule, speakers, cfg, embed_s=embed_s, sweep_s=sweep_s)
     write_json(out/'sweep.json', {'rows': rows, 'silhouette_points': rows[0]['silhouette_points'], 'seed': seed,
                                   'embedding_dim': int(X.shape[1]), 'utterances': len(X)})

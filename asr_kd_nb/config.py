@@ -16,7 +16,7 @@ __all__ = ['PRESETS', 'log', 'HUB_MODES', 'HUB_ID', 'PROGRESS_ENV', 'SMOKE_RUN',
            'config_from_dict', 'load_config', 'resolve_device', 'derive_seed', 'check_device', 'MissingSourceError',
            'apply_hub_mode', 'hub_offline', 'hub_reachable', 'looks_like_path', 'in_hf_cache', 'download_advice',
            'resolve_source', 'Source', 'config_source', 'config_check', 'hub_lookup', 'check_source', 'InvalidConfig',
-           'validate_config', 'report_progress', 'require_run_dir']
+           'validate_config', 'report_progress', 'require_run_dir', 'clusters_needed']
 
 # %% ../nbs/00_config.ipynb #c005
 PRESETS = ('smoke', 'default', 'full', 'paper')
@@ -456,3 +456,12 @@ def require_run_dir(run_dir=None, # the notebook's `run_dir` parameter
             return str(d)
     raise ValueError('run_dir is None: set run_dir to a run directory made by `asr-kd run` '
                      '(e.g. `asr-kd run --preset smoke --run-dir runs/smoke` from the repository root)')
+
+# %% ../nbs/00_config.ipynb #h14d02
+def clusters_needed(splits, # `SplitsConfig`, or the raw `splits` dict of a config.json
+                   ) -> int:
+    "The fewest clusters a clustering must have for these splits: test folds plus training clusters, and every named id."
+    get = splits.get if isinstance(splits, dict) else lambda k, d: getattr(splits, k, d)
+    test, train = list(get('test_clusters', [])), list(get('train_clusters', []))
+    n = (len(test) or get('n_test_folds', 1)) + (len(train) or 1)
+    return max([n] + [c + 1 for c in test + train])

@@ -11,15 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 import numpy as np
-from .config import config_section, section_preset, write_json, read_json, derive_seed, load_config, require, config_check, save_figure
+from .config import config_section, section_preset, write_json, read_json, derive_seed, clusters_needed, load_config, require, config_check, save_figure
 from .corpus import read_manifest, Utterance
 from .clustering import read_labels
 from .rundir import frac_key, run_path   # the one spelling of a fraction key and the run paths, owned by the run-directory chapter
 
 # %% auto #0
-__all__ = ['log', 'SplitsConfig', 'clusters_needed', 'enough_clusters', 'fold_name', 'pick_test_clusters', 'text_leakage',
-           'nested_fractions', 'check_splits', 'speaker_leakage', 'split_sizes', 'choose_folds', 'make_splits',
-           'split_stage']
+__all__ = ['log', 'SplitsConfig', 'enough_clusters', 'fold_name', 'pick_test_clusters', 'text_leakage', 'nested_fractions',
+           'check_splits', 'speaker_leakage', 'split_sizes', 'choose_folds', 'make_splits', 'split_stage']
 
 # %% ../nbs/02_splits.ipynb #c005
 log = logging.getLogger(__name__)
@@ -58,11 +57,6 @@ class SplitsConfig:
             require(getattr(self, k) >= 1, f'splits.{k}', getattr(self, k), 'an integer >= 1')
 
 # %% ../nbs/02_splits.ipynb #h14b05
-def clusters_needed(cfg:SplitsConfig) -> int:
-    "The fewest clusters a clustering must have for these splits: test folds plus training clusters, and every named id."
-    n = (len(cfg.test_clusters) or cfg.n_test_folds) + (len(cfg.train_clusters) or 1)
-    return max([n] + [c + 1 for c in cfg.test_clusters + cfg.train_clusters])
-
 @config_check
 def enough_clusters(cfg):
     "A clustering fixed by the config (`clustering.choose='config'`) must have the clusters the splits need."

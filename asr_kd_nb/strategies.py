@@ -24,12 +24,12 @@ from .search import HPARAMS, parse_space, suggest_hparams, hparams_from_params, 
 # %% auto #0
 __all__ = ['log', 'Scorer', 'SAMPLERS', 'SCORER_FACTORIES', 'StrategiesConfig', 'for_run', 'unit_point', 'synthetic_scorer',
            'Ledger', 'quiet_optuna', 'sampler_search', 'promote', 'successive_halving', 'strategy_registry',
-           'run_strategies', 'trace_from_trials', 'search_tables', 'hp_key', 'budget_grid', 'returned_at',
-           'retrain_returned', 'anytime_regret', 'mean_ci', 'regret_table', 'verdict_text', 'plot_anytime',
-           'inference_cost', 'pareto_study', 'pareto_table', 'smallest_within', 'plot_pareto', 'synthetic_factory',
-           'datasize_results', 'kd_factory', 'search_trial_cost', 'plan_budget', 'resolve_scorer_factory',
-           'strategy_job', 'run_strategy_jobs', 'full_data_records', 'strategy_summary', 'retrain_seeds',
-           'strategies_stage']
+           'run_strategies', 'trace_from_trials', 'existing_tables', 'reused_traces', 'search_tables', 'hp_key',
+           'budget_grid', 'returned_at', 'retrain_returned', 'anytime_regret', 'mean_ci', 'regret_table',
+           'verdict_text', 'plot_anytime', 'inference_cost', 'pareto_study', 'pareto_table', 'smallest_within',
+           'plot_pareto', 'synthetic_factory', 'datasize_results', 'kd_factory', 'search_trial_cost', 'plan_budget',
+           'resolve_scorer_factory', 'strategy_job', 'run_strategy_jobs', 'full_data_records', 'strategy_summary',
+           'retrain_seeds', 'strategies_stage']
 
 # %% ../nbs/10_strategies.ipynb #s006
 log = logging.getLogger(__name__)
@@ -272,6 +272,26 @@ def trace_from_trials(trials:pd.DataFrame, # `trials.csv` of one study: number, 
         if cer < best[0]: best = (cer, hp)
         led.charge({'cer': cer, 'cpu_s': float(row['cpu_s'])}, best[1], hp, fraction)
     return led.trace
+
+# %% ../nbs/10_strategies.ipynb #h14d60
+def existing_tables(existing:dict, # 'full'/'fraction-F' -> trials tables (DataFrame or CSV path), one per replicate
+                    tpe:list, # the TPE strategies of the registry (the only ones a search can stand for)
+                   ) -> dict:
+    "The reused trials tables as DataFrames; `ValueError` naming a strategy that is not a TPE search."
+    bad = sorted(set(existing) - set(tpe))
+    if bad: raise ValueError(f'existing trials given for {bad}; only the TPE strategies {tpe} can be reused')
+    return {n: [pd.read_csv(t) if not isinstance(t, pd.DataFrame) else t for t in ts] for n, ts in existing.items()}
+
+# %% ../nbs/10_strategies.ipynb #h14d62
+def reused_traces(tables:dict, # 'full'/'fraction-F' -> trials DataFrames, one per replicate
+                  B:float, # the compute budget, CPU s
+                 ) -> tuple[dict, dict]:
+    "Traces of the reused searches cut at `B`, and per strategy the CPU-s of replicates that stop short of `B` (logged)."
+    reused = {n: [trace_from_trials(t, 1.0 if n == 'full' else float(n.split('-')[1]), B) for t in ts] for n, ts in tables.items()}
+    short = {n: [round(t[-1][0], 1) for t in trs if not t or t[-1][0] < B] for n, trs in reused.items()}
+    for n, s in short.items():
+        if s: log.warning('reused %s searches spent only %s of B = %.1f CPU-s; they stop short of B', n, s, B)
+    return reused, short
 
 # %% ../nbs/10_strategies.ipynb #s039a
 def search_tables(run_dir, # run directory
@@ -673,16 +693,11 @@ def strategies_stage(run_dir, # run directory with config.json (and the search a
     reg = strategy_registry(sc)
     tpe = [n for n in reg if n == 'full' or n.startswith('fraction-')]
     if existing is None: existing = search_tables(run_dir, tpe) if sc.reuse_searches and objective == 'kd' else {}
-    bad = sorted(set(existing) - set(tpe))
-    if bad: raise ValueError(f'existing trials given for {bad}; only the TPE strategies {tpe} can be reused')
-    tables = {n: [pd.read_csv(t) if not isinstance(t, pd.DataFrame) else t for t in ts] for n, ts in existing.items()}
+    tables = existing_tables(existing, tpe)
     students = len(cfg.kd.seeds) if cfg.kd.protocol == 'independent' else 1
     plan = plan_budget(scorer, space, sc, cfg.seed, search_trial_cost(tables.get('full', []), students)); B = plan['budget_cpu_s']
     log.info('Stage strategies (%s objective): B = %.1f CPU-s (%s), reusing %s', objective, B, plan['probe'], sorted(tables) or 'nothing')
-    reused = {n: [trace_from_trials(t, 1.0 if n == 'full' else float(n.split('-')[1]), B) for t in ts] for n, ts in tables.items()}
-    short = {n: [round(t[-1][0], 1) for t in trs if not t or t[-1][0] < B] for n, trs in reused.items()}
-    for n, s in short.items():
-        if s: log.warning('reused %s searches spent only %s of B = %.1f CPU-s; they stop short of B', n, s, B)
+    reused, short = reused_traces(tables, B)
     todo = [n for n in reg if n not in reused]
     workers = sc.workers or available_cores()
     ran = (run_strategies(scorer, space, B, {n: reg[n] for n in todo}, sc.replicates, cfg.seed) if scorer_factory is not None
