@@ -384,7 +384,8 @@ def baseline_student(run_dir, # run directory with splits.json and the teacher c
     cfg = load_config(run_dir); kd_cfg = replace(cfg.kd.validate(), budget='steps', steps=cfg.kd.baseline_steps)
     hp, cache, device = scale_hparams(PAPER_BEST['1.0'], cfg.conformer), load_cache(run_dir), resolve_device(cfg.device)
     history = []
-    res = run_protocol(hp, cache, read_splits(run_dir), kd_cfg, fraction_ids(run_dir, 1.0), device, history=history, seeds=[seed])
+    res = run_protocol(hp, cache, read_splits(run_dir), kd_cfg, fraction_ids(run_dir, 1.0), device, history=history, seeds=[seed],
+                       progress=True)   # its steps reach `asr-kd run`'s console through the progress file (see `report_progress`)
     for h in history: h['student'] = {k: v.cpu() for k, v in h['student'].state_dict().items()}
     return {**res, 'history': history, 'threads': torch.get_num_threads()}
 
