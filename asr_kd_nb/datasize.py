@@ -191,7 +191,7 @@ def curve_job(run_dir, hp:dict, seed:int, epochs:float, points:int) -> dict:
     c0, cfg, cache = time.process_time(), load_config(run_dir), load_cache(run_dir)
     name, ids = ('out-of-domain', list(cache.ids[cache.n_main:])) if getattr(cache, 'n_ood', 0) else \
                 ('test folds', [u for v in test_folds(run_dir).values() for u in v])
-    pts = ood_curve(StudentHParams(**hp), cache, fraction_ids(run_dir, 1.0), ids, cfg.kd.validate(), seed, epochs, points,
+    pts = ood_curve(StudentHParams(**hp), cache, fraction_ids(run_dir, 1.0), ids, cfg.kd, seed, epochs, points,
                     resolve_device(cfg.device), keep=run_path(run_dir, 'report')/'students'/config_hash(hp))
     return {'points': pts, 'student_dir': str(Path('report')/'students'/config_hash(hp)), 'eval_set': name, 'eval_utterances': len(ids), 'cpu_s': round(time.process_time() - c0, 3)}
 

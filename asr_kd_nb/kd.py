@@ -60,6 +60,8 @@ class KDConfig:
                   'seeds': [42, 24, 0, 98], 'threads': 0},
     }
 
+    def __post_init__(self): self.validate()   # a section checks itself when it is built
+
     def validate(self) -> 'KDConfig':
         "Raise `ValueError` naming a bad value and its accepted range; returns self."
         if self.loss not in LOSS_MODES: raise ValueError(f'kd.loss={self.loss!r}; choose one of {LOSS_MODES}')
@@ -200,7 +202,7 @@ def train_student(hp:StudentHParams, # student hyperparameters (already scaled t
                   on_step:Callable|None=None, # on_step(done, student) after each step (a checkpoint may score it, or stop by raising)
                  ) -> TrainResult:
     "Train a student for `steps` optimizer steps from the cache only; raises `TrainingDiverged` on a NaN/inf loss."
-    kd_cfg.validate(); hp.validate()
+    hp.validate()
     steps = kd_cfg.steps if steps is None else int(steps)
     ids = [i for i in train_ids if cache.frames(i) > 0]
     if not ids: raise ValueError('train_ids is empty (or all utterances have zero frames)')
@@ -292,7 +294,7 @@ def run_protocol(hp:StudentHParams, # student hyperparameters (already scaled, s
                  checkpoints:int=1, # reports per student ('independent'): after each 1/checkpoints of its budget
                 ) -> dict:
     "Train and score students by `kd_cfg.protocol`: dict(gmean, cers={'seed-S/FOLD': cer}, steps, utterances, cpu_s, wall_s)."
-    kd_cfg.validate(); hp.validate()
+    hp.validate()
     folds = dict(splits['test_folds'])
     if not folds: raise ValueError('splits has no test_folds')
     seeds = list(seeds or kd_cfg.seeds)
@@ -381,7 +383,7 @@ def baseline_student(run_dir, # run directory with splits.json and the teacher c
     "The KD stage's baseline: the paper's 100 % configuration (scaled), `kd.baseline_steps` steps on the whole training set."
     from asr_kd_nb.config import load_config
     from asr_kd_nb.teacher import load_cache
-    cfg = load_config(run_dir); kd_cfg = replace(cfg.kd.validate(), budget='steps', steps=cfg.kd.baseline_steps)
+    cfg = load_config(run_dir); kd_cfg = replace(cfg.kd, budget='steps', steps=cfg.kd.baseline_steps)
     hp, cache, device = scale_hparams(PAPER_BEST['1.0'], cfg.conformer), load_cache(run_dir), resolve_device(cfg.device)
     history = []
     res = run_protocol(hp, cache, read_splits(run_dir), kd_cfg, fraction_ids(run_dir, 1.0), device, history=history, seeds=[seed],

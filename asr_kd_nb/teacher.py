@@ -60,6 +60,8 @@ class TeacherConfig:
         'paper': {'source': PAPER_TEACHER, 'revision': PAPER_REVISION, 'eval_batch_size': 8},
     }
 
+    def __post_init__(self): self.validate()   # a section checks itself when it is built
+
     def validate(self):
         "Raise `ValueError` naming the first bad value and its accepted range."
         if self.arch not in ('conformer', 'wav2vec2'): raise ValueError(f"teacher.arch={self.arch!r}; use 'conformer' or 'wav2vec2'")
@@ -382,7 +384,7 @@ def build_teacher_model(tc:TeacherConfig) -> tuple[nn.Module, list, int]:
 def obtain_teacher(run_dir, # run directory (reads config.json, splits.json, corpus/manifest.jsonl)
                    device:str='cpu', progress:bool=True) -> tuple[Teacher, dict|None]:
     "(teacher, training record or None): the configured teacher, trained into `run_dir/teacher` when `source='train'`."
-    run_dir = Path(run_dir); cfg = load_config(run_dir); tc = cfg.teacher.validate()
+    run_dir = Path(run_dir); cfg = load_config(run_dir); tc = cfg.teacher
     if tc.source != 'train': return load_teacher(tc.source, tc.revision or None, device), None
     tdir, man = run_dir/'teacher', run_dir/'corpus'/'manifest.jsonl'
     train_ids = read_splits(run_dir)['train']   # a clear error when stage 02_splits has not run
@@ -591,7 +593,7 @@ def teacher_cers(cache:EmissionCache, # the emission cache
 def teacher_stage(run_dir, # run directory with config.json, corpus/ and splits.json
                   progress:bool=True) -> dict:
     "Teacher, emission cache and `teacher/teacher.json` for `run_dir`; returns the report."
-    run_dir = Path(run_dir); cfg = load_config(run_dir); tc = cfg.teacher.validate()
+    run_dir = Path(run_dir); cfg = load_config(run_dir); tc = cfg.teacher
     threads = set_threads(tc.threads)
     device = resolve_device(cfg.device)
     teacher, training = obtain_teacher(run_dir, device, progress)
