@@ -5,7 +5,7 @@ hour a CPU or a GPU shared by several workers finishes, and the peak memory of e
 
 # %% ../nbs/12_bench.ipynb #b001
 from __future__ import annotations
-import argparse, json, logging, multiprocessing as mp, os, platform, resource, subprocess, sys, time, traceback
+import argparse, json, logging, multiprocessing as mp, os, platform, queue, resource, subprocess, sys, time, traceback
 from dataclasses import replace
 from pathlib import Path
 import numpy as np, torch
@@ -205,7 +205,7 @@ def _trial_worker(run_dir, device, steps, cores, k, commands, results):
                 trial(k * 100_000 + n); n += 1
             results.put({'worker': k, 'trials': n, 'wall_s': time.perf_counter() - t0, 'cpu_s': time.process_time() - c0,
                          'peak_memory_mib': peak_memory_mib(device)})
-    except BaseException:
+    except Exception:                                   # reported to the parent; a signal or exit shows as the exit code
         results.put({'worker': k, 'error': traceback.format_exc()[-3000:]})
 
 # %% ../nbs/12_bench.ipynb #h14b41
@@ -223,7 +223,19 @@ class TrialPool:
         self._collect(n, timeout)
 
     def _collect(self, n, timeout) -> list:
-        rs = [self.results.get(timeout=timeout) for _ in range(n)]
+        "`n` results, failing as soon as a worker has died (killed, out of memory ...) rather than after `timeout`."
+        rs, end = [], time.monotonic() + timeout
+        while len(rs) < n:
+            try: rs.append(self.results.get(timeout=1.0)); continue
+            except queue.Empty: pass
+            dead = [(k, p.exitcode) for k, p in enumerate(self.procs) if p.exitcode is not None]
+            if dead or time.monotonic() > end:
+                try: rs.append(self.results.get(timeout=1.0)); continue  # a result sent just before its worker exited
+                except queue.Empty: pass
+                if any('error' in r for r in rs): break                  # a worker's own report says more; raised below
+                self.close()
+                raise RuntimeError(f'benchmark worker {dead[0][0]} exited with code {dead[0][1]} before reporting' if dead else
+                                   f'no result from {n - len(rs)} of {n} benchmark workers within {timeout:.0f} s')
         errors = [r['error'] for r in rs if 'error' in r]
         if errors: self.close(); raise RuntimeError(f'{len(errors)} of {n} benchmark workers failed; first:\n{errors[0]}')
         return rs

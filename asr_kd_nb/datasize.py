@@ -26,9 +26,9 @@ from .report import (LEARNED_CER, PAPER_CONCLUSION, pct, conclusion_text, run_ca
 # %% auto #0
 __all__ = ['log', 'IMPORTANCE_EVALUATORS', 'PAPER_JSON', 'DatasizeConfig', 'study_cost', 'paper_best', 'config_key',
            'trial_hparams', 'load_searches', 'panel_configs', 'train_and_score', 'ood_curve', 'curve_job', 'run_job',
-           'rank_corr', 'panel_agreement', 'regret_stats', 'study_importances', 'search_cost', 'plan_jobs',
-           'run_planned', 'summarise_regret', 'summarise_panel', 'summarise_plateau', 'datasize_stage', 'predict_costs',
-           'write_report']
+           'rank_corr', 'panel_agreement', 'regret_stats', 'study_importances', 'search_cost', 'results_fingerprint',
+           'ScoreMemo', 'plan_jobs', 'run_planned', 'summarise_regret', 'summarise_panel', 'summarise_plateau',
+           'datasize_stage', 'predict_costs', 'write_report']
 
 # %% ../nbs/07_datasize.ipynb #c006
 log = logging.getLogger(__name__)
@@ -296,22 +296,30 @@ def search_cost(trials:dict[int, pd.DataFrame]) -> dict:
             'median_steps': float(done.steps.median()) if 'steps' in done and done.steps.notna().any() else None}
 
 # %% ../nbs/07_datasize.ipynb #c038
-class _Memo:
-    "Results of earlier jobs (report/scores.jsonl), valid for one fingerprint of the run's config."
+def results_fingerprint(cfg) -> str: # a `StudyConfig`
+    "What the data-size stage's stored results depend on: the run's config without its `datasize` and `strategies` sections."
+    return config_hash({k: v for k, v in cfg.to_dict().items() if k not in ('datasize', 'strategies')})
+
+class ScoreMemo:
+    "Results of earlier jobs (report/scores.jsonl), valid for one fingerprint of the run's config (`results_fingerprint`)."
     def __init__(self, path:Path, fingerprint:str):
-        self.path, self.fp, self.d = Path(path), fingerprint, {}
+        self.path, self.fp, self.d, self.jobs, self.other = Path(path), fingerprint, {}, {}, 0
         if self.path.exists():
             for line in self.path.read_text(encoding='utf-8').splitlines():
                 try: rec = json.loads(line)
                 except json.JSONDecodeError: continue           # a line cut by a kill
-                if rec.get('fingerprint') == fingerprint: self.d[rec['job_key']] = rec['result']
+                if rec.get('fingerprint') != fingerprint: self.other += 1; continue
+                self.d[rec['job_key']], self.jobs[rec['job_key']] = rec['result'], rec.get('job') or {}
     @staticmethod
     def key(job:dict) -> str: return config_hash({k: v for k, v in job.items() if k != 'label'})
     def get(self, job:dict): return self.d.get(self.key(job))
+    def items(self):
+        "(job, result) of every stored result valid for this fingerprint."
+        return [(self.jobs[k], r) for k, r in self.d.items()]
     def put(self, job:dict, result:dict):
-        self.d[self.key(job)] = result; self.path.parent.mkdir(parents=True, exist_ok=True)
+        k = self.key(job); self.d[k], self.jobs[k] = result, job; self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, 'a', encoding='utf-8') as fh:
-            fh.write(json.dumps({'fingerprint': self.fp, 'job_key': self.key(job), 'job': job, 'result': result}, default=str) + '\n')
+            fh.write(json.dumps({'fingerprint': self.fp, 'job_key': k, 'job': job, 'result': result}, default=str) + '\n')
 
 def _score(hp, fraction, seed, scale=1.0) -> dict:
     return {'kind': 'score', 'hp': hp, 'fraction': frac_key(fraction), 'seed': int(seed), 'scale': float(scale)}
@@ -331,22 +339,22 @@ def plan_jobs(searches:dict, # `load_searches` output
         jobs += [{'kind': 'curve', 'hp': hp, 'seed': long_seed, 'epochs': float(dc.long_epochs), 'points': dc.curve_points} for hp in bests]
     seen, out = set(), []
     for j in jobs:
-        k = _Memo.key(j)
+        k = ScoreMemo.key(j)
         if k not in seen: seen.add(k); out.append(j)
     return out
 
-def run_planned(run_dir, jobs:list, memo:_Memo, workers:int=0) -> dict:
+def run_planned(run_dir, jobs:list, memo:ScoreMemo, workers:int=0) -> dict:
     "Results by job key: earlier ones from `memo`, the rest trained now on `workers` processes (and added to `memo`)."
     todo = [j for j in jobs if memo.get(j) is None]
     log.info('datasize: %d of %d trainings to run (%d from earlier runs)', len(todo), len(jobs), len(jobs) - len(todo))
     run_parallel(run_job, [(str(run_dir), j) for j in todo], workers, desc='datasize trainings',
                  on_result=lambda i, r: memo.put(todo[i], r))
-    return {_Memo.key(j): memo.get(j) for j in jobs}
+    return {ScoreMemo.key(j): memo.get(j) for j in jobs}
 
 # %% ../nbs/07_datasize.ipynb #c040
 def _seed_cer(results:dict, hp:dict, fraction, seeds, scale=1.0) -> dict:
     "{seed: CER} of `hp` on `fraction` from the job results."
-    return {s: (results.get(_Memo.key(_score(hp, fraction, s, scale))) or {}).get('gmean', float('nan')) for s in seeds}
+    return {s: (results.get(ScoreMemo.key(_score(hp, fraction, s, scale))) or {}).get('gmean', float('nan')) for s in seeds}
 
 def summarise_regret(searches:dict, results:dict, dc:DatasizeConfig, seed:int) -> tuple[dict, dict]:
     "(per-fraction regret stats, the reference) from the retrained bests; the 100 % entry is the noise ceiling."
@@ -390,7 +398,7 @@ def datasize_stage(run_dir, # run directory with the search stage done for fract
     panel = panel_configs(cfg.search.space, dc.panel_size, derive_seed(cfg.seed, 'panel'), dc.panel_paper)
     long_seed = derive_seed(cfg.seed, 'datasize', 'long')
     jobs = plan_jobs(searches, panel, dc, long_seed)
-    memo = _Memo(out/'scores.jsonl', config_hash({k: v for k, v in cfg.to_dict().items() if k != 'datasize'}))
+    memo = ScoreMemo(out/'scores.jsonl', results_fingerprint(cfg))
     before = sum(memo.get(j) is not None for j in jobs)
     results = run_planned(run_dir, jobs, memo, dc.workers)
     regrets, ref = summarise_regret(searches, results, dc, cfg.seed)
@@ -462,7 +470,7 @@ def _curves(searches:dict, results:dict, dc:DatasizeConfig, long_seed:int) -> pd
     for f, reps in searches.items():
         for r, b in reps.items():
             if not b['best'] or not dc.long_epochs: continue
-            res = results.get(_Memo.key({'kind': 'curve', 'hp': b['best']['hp'], 'seed': long_seed, 'epochs': float(dc.long_epochs),
+            res = results.get(ScoreMemo.key({'kind': 'curve', 'hp': b['best']['hp'], 'seed': long_seed, 'epochs': float(dc.long_epochs),
                                          'points': dc.curve_points})) or {}
             rows += [{'fraction': f, 'replicate': r, 'point': k, 'eval_set': res.get('eval_set'), **p} for k, p in enumerate(res.get('points', []))]
     return pd.DataFrame(rows, columns=['fraction', 'replicate', 'point', 'eval_set', 'step', 'epoch', 'cer', 'loss'])

@@ -57,7 +57,7 @@ class StrategiesConfig:
     objective: str = 'kd'             # scorer factory: a key of `SCORER_FACTORIES` ('kd', 'synthetic') or 'module:function' (run_dir -> Scorer)
     reuse_searches: bool = True       # the search stage's studies are the traces of `full` and `fraction-*` (KD objective only)
     workers: int = 0                  # processes running (strategy, replicate) jobs and retrainings; 0: one per core this process may use
-    presets: ClassVar[dict] = {'default': {'budget_trials': 4.0, 'grid': 1, 'pareto_trials': 0, 'bracket': 6, 'rungs': [0.3, 1.0]},
+    presets: ClassVar[dict] = {'default': {'budget_trials': 6.0, 'replicates': 3, 'grid': 1, 'pareto_trials': 0, 'bracket': 6, 'rungs': [0.3, 1.0]},
                                'full': {'budget_trials': 8.0, 'replicates': 3, 'grid': 4, 'pareto_trials': 8, 'full_seeds': 3, 'bracket': 9, 'rungs': [0.3, 0.5, 1.0]},
                                'paper': {'budget_trials': 50.0, 'replicates': 3, 'pareto_trials': 20, 'bracket': 9, 'grid': 8}}
 
@@ -367,9 +367,10 @@ def anytime_regret(traces:dict, # name -> list of traces
 # %% ../nbs/10_strategies.ipynb #s052
 def mean_ci(values, # one number per replicate
             n_boot:int=1000, seed:int=0, level:float=0.95) -> tuple[float, float, float]:
-    "Mean and percentile-bootstrap interval of the mean (resampling the values); NaNs dropped."
+    "Mean and percentile-bootstrap interval of the mean (resampling the values); NaNs dropped; no interval from one value."
     v = np.asarray([x for x in values if math.isfinite(x)], dtype=float)
     if v.size == 0: return (math.nan, math.nan, math.nan)
+    if v.size == 1: return (float(v[0]), math.nan, math.nan)   # one replicate: a mean, but no spread to resample
     boots = np.random.default_rng(seed).choice(v, size=(n_boot, v.size)).mean(axis=1)
     return float(v.mean()), float(np.quantile(boots, (1 - level) / 2)), float(np.quantile(boots, (1 + level) / 2))
 
@@ -522,21 +523,12 @@ def synthetic_factory(run_dir) -> Scorer:
 # %% ../nbs/10_strategies.ipynb #s077b
 def datasize_results(run_dir) -> dict:
     "(hp_key, seed) -> the data-size stage's result of one student on 100 % at the trial budget, made with this run's config."
-    p = run_path(run_dir, 'report')/'scores.jsonl'
-    if not p.exists(): return {}
-    cfg = load_config(run_dir); cfg.search                 # fingerprinted as the data-size stage does: loaded, search section read
-    d = {k: v for k, v in cfg.to_dict().items() if k != 'datasize'}
-    ok = {config_hash(d): 'this config', config_hash({k: v for k, v in d.items() if k != 'strategies'}): 'this config before its strategies section'}
-    out, other, how = {}, 0, set()
-    for line in p.read_text(encoding='utf-8').splitlines():
-        try: rec = json.loads(line)
-        except json.JSONDecodeError: continue                # a line cut by a kill
-        if rec.get('fingerprint') not in ok: other += 1; continue
-        job = rec.get('job') or {}
-        if job.get('kind') == 'score' and job.get('fraction') == '1.0' and float(job.get('scale', 1.0)) == 1.0:
-            out[(hp_key(job['hp']), int(job['seed']))] = rec['result']; how.add(ok[rec['fingerprint']])
-    if other: log.warning('%s: %d results were made with another config; not reused', p, other)
-    if out: log.info('%s: %d full-data results reusable (made with %s)', p, len(out), ' and '.join(sorted(how)))
+    from asr_kd_nb.datasize import ScoreMemo, results_fingerprint
+    memo = ScoreMemo(run_path(run_dir, 'report')/'scores.jsonl', results_fingerprint(load_config(run_dir)))
+    out = {(hp_key(j['hp']), int(j['seed'])): r for j, r in memo.items()
+           if j.get('kind') == 'score' and j.get('fraction') == '1.0' and float(j.get('scale', 1.0)) == 1.0}
+    if memo.other: log.warning('%s: %d results were made with another config; not reused', memo.path, memo.other)
+    if out: log.info('%s: %d full-data results reusable', memo.path, len(out))
     return out
 
 def kd_factory(run_dir) -> Scorer:

@@ -1,5 +1,5 @@
 "P3: the pruner registry, pruning that really saves CPU, and `compare_pruners` / `scripts/gpu-pruners.sh` on a smoke teacher cache."
-import json, math, os, subprocess, time
+import json, math, os, subprocess, sys, time
 from pathlib import Path
 import pandas as pd, pytest
 import optuna
@@ -73,7 +73,8 @@ def test_gpu_pruners_script_on_cpu(teacher_run, tmp_path):
     assert 'MiB' in p.stderr and (pack/'cache').is_dir() and (pack/'splits.json').exists() and not (pack/'notebooks').exists()
     r = subprocess.run(['bash', 'scripts/gpu-pruners.sh', str(pack), '--device', 'cpu', '--n-trials', '2', '--workers', '2',
                         '--pruners', 'none hyperband', '--checkpoints', '2', '--out', str(out), '--set', 'kd.epochs=0.25'],
-                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+                       cwd=ROOT, capture_output=True, text=True, timeout=900,
+                       env={**os.environ, 'PYTHON': sys.executable})   # this interpreter, activated or not
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads((out/'pruners.json').read_text())
     assert [x['pruner'] for x in res['pruners']] == ['none', 'hyperband'] and res['device'] == 'cpu'
