@@ -682,7 +682,7 @@ def noise_ceiling(run_dir, retrained:dict) -> tuple[float, str]:
     "(ceiling, source): the 100 % replicate regret of the run's report, else the largest seed-to-seed spread of `retrained`."
     p = Path(run_dir)/'report'/'summary.json'
     c = (read_json(p).get('noise_ceiling') or {}).get('regret') if p.exists() else None
-    if c is not None: return float(c), 'report/summary.json noise_ceiling.regret (two 100 % replicate searches)'
+    if c is not None: return float(c), 'report/summary.json noise_ceiling.regret (replicate 100 % searches)'
     spreads = [max(v) - min(v) for v in retrained.values() if len(v) > 1]
     return (max(spreads) if spreads else float('nan')), 'largest seed-to-seed spread of the retrained best configurations'
 

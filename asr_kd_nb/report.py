@@ -65,7 +65,8 @@ def conclusion_text(summary:dict, # the analysis summary: per_fraction, noise_ce
         return (f'The students did not learn: the best configuration of the 100 % search has a CER of '
                 f'{"–" if best is None else f"{best:.3f}"} (above {learned_cer}), so the searches rank noise and nothing is '
                 f'concluded about data fractions. Give the students a larger budget (kd.epochs) or check the teacher and cache.')
-    s = [f'The 100 % searches found a best CER of {best:.3f}. Two 100 % searches differ by a regret of '
+    reps = ceil.get('replicates')
+    s = [f'The 100 % searches found a best CER of {best:.3f}. The {f"{reps} " if reps else ""}replicate 100 % searches differ from the best of them by a mean regret of '
          f'{_num(ceil.get("regret"))} {_ci(ceil.get("regret_ci"))} (the noise ceiling), and two seeds of one '
          f'configuration rank the panel with Spearman ρ = {_num(ceil.get("spearman_rho"), "{:.2f}")} '
          f'{_ci(ceil.get("spearman_ci"), "{:.2f}")}.']
@@ -228,8 +229,7 @@ def card_text(card:dict) -> str:
         f"- **Teacher**: {t['architecture'] or '–'}, {f(t['parameters'], '{:,}')} parameters, CER {f(t['cer'])} / WER {f(t['wer'])} on the "
         f"held-out clusters (out-of-domain CER {f(t['ood_cer'])}), real-time factor {f(t['rtf'], '{:.4f}')} on {t['device'] or '–'}.",
         f"- **Student** (KD baseline, kept in `{s['kept_in'] or '–'}`): {s['summary'] or '–'}, {f(s['parameters'], '{:,}')} parameters, "
-        f"CER {f(s['cer'])} / WER {f(s['wer'])}; the run spent {f(m['stage_s'] and m['stage_s'] / 60, '{:.0f}')} min of stage time "
-        f"({m['preset'] or '–'} preset, device {m['device'] or '–'})."])
+        f"CER {f(s['cer'])} / WER {f(s['wer'])} ({m['preset'] or '–'} preset, device {m['device'] or '–'})."])
 
 # %% ../nbs/06a_report.ipynb #c017
 def headline(run_dir) -> str:
@@ -258,17 +258,25 @@ FIGURE_CAPTIONS = {
     'panel.png': "Rank agreement: each panel configuration's CER after training on a smaller fraction (y) against its CER on 100 % of "
                  "the data (x), mean over seeds; points on the dashed y = x line would mean the fraction changes nothing.",
     'regret_cost.png': "What a smaller search costs and saves: the regret of each replicate search's best configuration (retrained on "
-                       "100 % of the data) against the CPU-hours that search spent; the band is the noise ceiling of two 100 % searches.",
+                       "100 % of the data) against the CPU-hours that search spent; the band is the noise ceiling of the replicate 100 % searches.",
     'ood_curves.png': "The paper's figure with real curves: each fraction's best configurations trained longer on the full data, CER on "
                       "the out-of-domain set against training epochs (mean over replicates, band = range).",
     'importances.png': "Which hyperparameters the searches found important (Optuna's importance estimate per fraction).",
     'anytime_regret.png': "Strategies at equal compute: regret of the configuration each strategy would return against cumulative CPU-hours.",
     'pareto.png': "Smaller students: CER against parameters and CPU inference time; the front is what no other student beats on both.",
+    'clustering_umap.png': "Speakers from their embeddings: UMAP of every utterance's speaker embedding, coloured by K-Means, by Birch and by "
+                           "the true speaker; whole clusters are held out as test folds, so no test speaker is trained on.",
+    'teacher_cer.png': "The teacher's CER on each held-out speaker cluster, on the out-of-domain set and pooled over the test folds.",
+    'kd_baseline.png': "The KD baseline (the paper's 100 % configuration, scaled): its KD loss over training steps, and its CER against the "
+                       "teacher's on each held-out cluster.",
 }
 
 def figure_caption(name:str) -> str:
     "What figure `name` shows (its file name when no caption is known)."
-    return FIGURE_CAPTIONS.get(Path(name).name, Path(name).stem.replace('_', ' '))
+    n = Path(name).name
+    if n.startswith('search_') and n.endswith('_history.png'):
+        return f"One search ({n[7:-12]}): each trial's geometric-mean CER over the held-out clusters and the best so far, by trial number."
+    return FIGURE_CAPTIONS.get(n, Path(name).stem.replace('_', ' '))
 
 # %% ../nbs/06a_report.ipynb #c018d
 def results_first(nb):
