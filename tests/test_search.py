@@ -187,5 +187,6 @@ def test_paper_preset_is_the_original_search():
     assert (cfg.splits.test_clusters, cfg.splits.train_clusters) == ([0, 1, 3, 9], [2, 4, 5, 6, 7, 8])
     assert cfg.teacher.max_minutes == 0                                   # the budget is steps, not wall-clock minutes
     d, f = study_config('default'), study_config('full')
-    assert d.search.replicates >= 2 and d.kd.loss == 'correct' and d.kd.budget == 'epochs' and d.search.enqueue_paper
+    assert d.search.replicates >= 2 and d.kd.loss == 'correct' and d.kd.budget == 'epochs'
+    assert not d.search.enqueue_paper and not f.search.enqueue_paper   # no configuration shared by every search (07's panel holds the paper's)
     assert f.search.replicates >= 3 and f.search.n_trials >= 30 and f.datasize.panel_size >= 24
