@@ -303,21 +303,21 @@ def results_fingerprint(cfg) -> str: # a `StudyConfig`
 class ScoreMemo:
     "Results of earlier jobs (report/scores.jsonl), valid for one fingerprint of the run's config (`results_fingerprint`)."
     def __init__(self, path:Path, fingerprint:str):
-        self.path, self.fp, self.d, self.jobs, self.other = Path(path), fingerprint, {}, {}, 0
+        self.path, self.fp, self.d, self.other = Path(path), fingerprint, {}, 0   # d: job key -> (job, result)
         if self.path.exists():
             for line in self.path.read_text(encoding='utf-8').splitlines():
                 try: rec = json.loads(line)
                 except json.JSONDecodeError: continue           # a line cut by a kill
                 if rec.get('fingerprint') != fingerprint: self.other += 1; continue
-                self.d[rec['job_key']], self.jobs[rec['job_key']] = rec['result'], rec.get('job') or {}
+                self.d[rec['job_key']] = (rec.get('job') or {}, rec['result'])
     @staticmethod
     def key(job:dict) -> str: return config_hash({k: v for k, v in job.items() if k != 'label'})
-    def get(self, job:dict): return self.d.get(self.key(job))
+    def get(self, job:dict): return self.d.get(self.key(job), (None, None))[1]
     def items(self):
         "(job, result) of every stored result valid for this fingerprint."
-        return [(self.jobs[k], r) for k, r in self.d.items()]
+        return list(self.d.values())
     def put(self, job:dict, result:dict):
-        k = self.key(job); self.d[k], self.jobs[k] = result, job; self.path.parent.mkdir(parents=True, exist_ok=True)
+        k = self.key(job); self.d[k] = (job, result); self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, 'a', encoding='utf-8') as fh:
             fh.write(json.dumps({'fingerprint': self.fp, 'job_key': k, 'job': job, 'result': result}, default=str) + '\n')
 
