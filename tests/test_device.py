@@ -56,7 +56,7 @@ def test_teacher_pass_takes_its_device():
 
 @no_cuda
 def test_benchmarks_refuse_a_missing_gpu(tmp_path):
-    from asr_kd_nb.bench import TrialPool
+    from asr_kd_nb.bench_trials import TrialPool
     with pytest.raises(ValueError, match='no CUDA device'): TrialPool(tmp_path, 'cuda', 1)
 
 

@@ -4,7 +4,7 @@ SQLite) come from `asr-kd bench workers`; CI runs 8 workers."""
 import pytest
 import optuna
 from optuna.trial import TrialState
-from asr_kd_nb.bench import bench_workers
+from asr_kd_nb.bench_workers import bench_workers
 from asr_kd_nb.search import study_name, storage_url
 from test_search import postgres_url, check_exactly_n   # noqa: F401  (fixture: a throwaway server from scripts/postgres.sh)
 

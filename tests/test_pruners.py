@@ -52,7 +52,7 @@ ROW_KEYS = {'pruner', 'cpu_s', 'wall_s', 'trial_s', 'pruned', 'finished', 'best_
             'retrained_spread', 'cpu_share', 'within_ceiling'}
 
 def test_compare_pruners_on_the_smoke_cache(teacher_run, tmp_path):
-    from asr_kd_nb.bench import compare_pruners
+    from asr_kd_nb.bench_pruners import compare_pruners
     before = sorted(p.name for p in teacher_run.iterdir())
     r = compare_pruners(teacher_run, ('none', 'median'), n_trials=4, device='cpu', workers=2, checkpoints=2,
                         overrides={'kd': {'epochs': 0.25}, 'search': {'pruner_startup_trials': 1}}, out=tmp_path)
