@@ -41,11 +41,11 @@ def test_pruning_saves_cpu_for_the_same_best(tmp_path, pruner):
     assert out[pruner]['best']['gmean_cer'] == pytest.approx(out['none']['best']['gmean_cer'])   # same sampler seed, same best
 
 @pytest.fixture(scope='module')
-def teacher_run(smoke_run):
+def teacher_run(request):
     "A smoke run directory with the teacher cache: ASR_KD_TEACHER_RUN names a ready one, else the session's smoke study is used."
     ready = os.environ.get('ASR_KD_TEACHER_RUN')
     if ready and (Path(ready)/'cache').is_dir(): return Path(ready)
-    return Path(smoke_run['dir'])
+    return Path(request.getfixturevalue('smoke_run')['dir'])   # asked for only when needed: the smoke study takes minutes
 
 P3_KEYS = {'device', 'workers', 'n_trials', 'seed', 'checkpoints', 'noise_ceiling', 'ceiling_source', 'pruners', 'winner', 'retrain_seeds'}
 ROW_KEYS = {'pruner', 'cpu_s', 'wall_s', 'trial_s', 'pruned', 'finished', 'best_cer', 'best_hp', 'retrained_cer', 'retrained_seeds',
