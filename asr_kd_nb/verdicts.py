@@ -205,7 +205,7 @@ def search_statistics(dev_f, dev_full, test_full, # (M, S) cubes of one fraction
         B = max(len(cw), len(sw))
         o = search_outcomes(dev_f, dev_full, test_full, np.broadcast_to(cw, (B, M)), np.broadcast_to(sw, (B, S)), n_values)
         out = np.concatenate([o['fraction'] - o['full'], o['fraction'] - o['reference'][None], o['full'] - o['reference'][None]])
-        return out.reshape((3 * k,) + np.shape(idx[0])[:-1])
+        return out.reshape((3 * k,) + np.broadcast_shapes(*(np.shape(i)[:-1] for i in idx)))
     data = (np.arange(M),) + ((np.arange(S),) if S >= 3 else ())
     point = stat(*[d[None] for d in data])[:, 0]
     lo, hi = bootstrap_ci(data, stat, resamples, alpha, seed)
@@ -379,14 +379,18 @@ def rank_agreement(dev_f:np.ndarray, dev_full:np.ndarray, # (M, S) dev CER on th
     top = np.argsort(full.mean(1))[:max(M // 2, 3)]
     pairs = seed_pairs(S)
     if len(top) < 3 or S < 2: return {'configs': int(len(top)), 'top_k': k, 'spearman': None, 'kendall': None}
-    def stat(idx, axis=-1):
-        out = []
-        for fn in (spearman, kendall):
-            for sel in (f, full):
-                out.append(np.mean([fn(sel[top][idx, s], full[top][idx, m]) for s, m in pairs], 0))
-        return np.stack(out)
-    point = stat(np.arange(len(top)))
-    lo, hi = bootstrap_ci((np.arange(len(top)),), stat, resamples, alpha, seed)
+    def stat(*idx, axis=-1):
+        cw = np.asarray(idx[0]).reshape(-1, np.shape(idx[0])[-1])
+        sw = _multiplicity(idx[1], S) if len(idx) > 1 else np.ones((1, S))
+        B = max(len(cw), len(sw))
+        cw, pw = np.broadcast_to(cw, (B, cw.shape[1])), pair_weights(np.broadcast_to(sw, (B, S)), pairs)   # (B, m), (B, P)
+        ft, fu = f[top][cw], full[top][cw]                                                              # (B, m, S)
+        out = [sum(pw[:, p] * fn(sel[..., s], fu[..., m]) for p, (s, m) in enumerate(pairs))
+               for fn in (spearman, kendall) for sel in (ft, fu)]
+        return np.stack(out).reshape((4,) + np.broadcast_shapes(*(np.shape(i)[:-1] for i in idx)))
+    data = (np.arange(len(top)),) + ((np.arange(S),) if S >= 3 else ())
+    point = stat(*[d[None] for d in data])[:, 0]
+    lo, hi = bootstrap_ci(data, stat, resamples, alpha, seed)
     recall = lambda sel: float(np.mean([len(set(np.argsort(sel[:, s])[:k]) & set(np.argsort(full[:, m])[:k])) / k for s, m in pairs]))
     c = lambda i: [float(lo[i]), float(hi[i])]
     return {'configs': int(len(top)), 'top_k': k, 'spearman': float(point[0]), 'spearman_ci': c(0), 'ceiling_spearman': float(point[1]),
@@ -447,19 +451,21 @@ def analyse_table(table:pd.DataFrame, # the data-size table (TABLE_SCHEMA shape)
             if fi == 0:
                 if bi == bi_p and st: full_search = {'regret_by_n': {str(n): v for n, v in st['regret_full'].items()}}
                 continue
-            p = per.setdefault(frac_key(f), {'by_budget': {}, 'by_budget_diff': {}, 'by_budget_regret': {}, 'cpu_s_per_trial': {}})
+            p = per.setdefault(frac_key(f), {'by_budget': {}, 'by_budget_diff': {}, 'by_budget_regret': {}, 'cpu_s_per_trial': {},
+                                             'saving_cpu_s_by_budget': {}})
             n_p = vc.primary_n if vc.primary_n in ns else ns[0]
             d = st['diff'][n_p] if st else {'mean': float('nan'), 'ci': [float('nan')] * 2}
             p['by_budget'][_key(b)] = verdict(d['ci'], margin, ok and vc.primary_n in ns)
             p['by_budget_diff'][_key(b)] = d
             p['by_budget_regret'][_key(b)] = st['regret'][n_p] if st else d
             p['cpu_s_per_trial'][_key(b)] = float(cpu[fi, bi])
+            p['saving_cpu_s_by_budget'][_key(b)] = float(vc.primary_n * (cpu[0, bi] - cpu[fi, bi]))
             if bi == bi_p:
-                p.update(verdict=p['by_budget'][_key(b)], diff=d['mean'], diff_ci=d['ci'],
+                p.update(verdict=p['by_budget'][_key(b)], diff=d['mean'], diff_ci=d['ci'], live=bool(ok and vc.primary_n in ns),
                          regret_by_n={str(n): v for n, v in (st['regret'] if st else {}).items()},
                          saving_cpu_s=float(vc.primary_n * (cpu[0, bi] - cpu[fi, bi])), cost_ratio=float(cpu[fi, bi] / cpu[0, bi]),
                          rank=rank_agreement(cells[0], cells[1], vc.top_k, vc.resamples, vc.alpha, derive_seed(seed, 'rank', f)))
-    sweep = {_key(m): {fk: verdict(p['diff_ci'], m * margin, p['verdict'] != 'cannot tell' or np.isfinite(p['diff_ci'][0]))
+    sweep = {_key(m): {fk: verdict(p['diff_ci'], m * margin, p['live'])
                        for fk, p in per.items()} for m in vc.margin_sweep}
     tops = np.argsort(np.nanmean(cubes['dev_cer'][0, -1], 1))[:max(len(ax['config']) // 2, 1)]
     curve = np.nanmedian(np.nanmean(cubes['test_cer'][0][:, tops], -1), -1)
