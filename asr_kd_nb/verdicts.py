@@ -48,9 +48,9 @@ class VerdictsConfig:
     prior_seed_sd: float = 0.08    # before a run: sd of log CER between seeds (training seed and subset) of one configuration
     prior_dev_sd: float = 0.05     # before a run: sd of log CER between dev and test speakers per configuration
     presets: ClassVar[dict] = {
-        'default': {'primary_n': 8, 'n_values': [8, 16], 'resamples': 1000, 'simulations': 300},
-        'full': {'n_values': [8, 16, 32, 50], 'resamples': 2000, 'simulations': 500},
-        'paper': {'primary_n': 8, 'n_values': [8], 'resamples': 1000, 'simulations': 300},
+        'default': {'primary_n': 8, 'n_values': [8, 16], 'resamples': 1000},
+        'full': {'n_values': [8, 16, 32, 50], 'resamples': 2000, 'simulations': 400},
+        'paper': {'primary_n': 8, 'n_values': [8], 'resamples': 1000},
     }
 
     def __post_init__(self):
