@@ -477,7 +477,10 @@ def analyse_table(table:pd.DataFrame, # the data-size table (TABLE_SCHEMA shape)
                'per_fraction': per, 'full_search': full_search, 'margin_sweep': sweep,
                'learning_curve': {_key(b): float(c) for b, c in zip(budgets, curve)},
                'plateau_budget': plateau_budget(budgets, curve, vc.plateau_gain), 'calibration': None}
-    if calibration and live and vc.primary_n <= M - 1:
+    summary['calibration_skipped'] = ('not asked for' if not calibration else None if live and vc.primary_n <= M - 1 else
+                                      f'{M} live configurations and {S} seeds cannot hold a search of n = {vc.primary_n} '
+                                      '(needs n + 1 configurations, at least 3, and 2 seeds)')
+    if summary['calibration_skipped'] is None:
         model = estimate_model(dev_full, test_full)
         summary['calibration'] = calibrate(model, {'configs': M, 'seeds': S, 'primary_n': vc.primary_n}, vc,
                                            derive_seed(seed, 'calibration'), margin=margin)
@@ -533,7 +536,7 @@ def verdict_text(summary:dict) -> str: # the output of `analyse_table`
         out.append(f"The students plateau at budget {pl:g}× (doubling it gains less than 10 % CER); there the verdicts are "
                    + ', '.join(f'{_pct(fk)}: {w}' for fk, w in at.items()) + '.')
     c = summary.get('calibration')
-    if not c: out.append('The design\'s error rates were not simulated (fewer than 3 live configurations or 2 seeds).')
+    if not c: out.append(f"The design's error rates were not simulated: {summary.get('calibration_skipped', 'not asked for')}.")
     else:
         out.append(f"This design ({c['configs']} configurations, {c['seeds']} seeds, n = {c['n']}), simulated {c['simulations']} times "
                    f"per truth: interval coverage {c['coverage']:.0%}, false \"worse\" {c['false_worse']:.0%}, false \"within\" "
@@ -560,7 +563,9 @@ def plot_regret_by_n(summary:dict): # the output of `analyse_table`
         ax.plot(x, y, 'o-', label=_pct(fk))
         ax.fill_between(x, [r[n]['ci'][0] for n in ns], [r[n]['ci'][1] for n in ns], alpha=0.2)
     ax.axhline(summary['margin'], color='grey', ls=':', label='δ')
-    ax.set(xlabel='trials n of the random search', ylabel='regret (test CER on 100 %)', xscale='log',
+    ns = sorted({int(n) for r in series.values() for n in r})
+    ax.set_xticks(ns, [str(n) for n in ns]); ax.minorticks_off()
+    ax.set(xlabel='trials n of the random search', ylabel='regret (test CER on 100 %)',
            title=f"Regret of a search by fraction (budget {summary['primary']['budget']:g}×)")
     ax.legend(); return fig
 
