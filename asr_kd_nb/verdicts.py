@@ -20,7 +20,7 @@ __all__ = ['log', 'VERDICTS', 'MARGIN_KINDS', 'TABLE_COLUMNS', 'CALIBRATION_TARG
            'search_outcomes', 'bootstrap_ci', 'search_statistics', 'verdict', 'TableModel', 'prior_model',
            'simulate_cells', 'true_difference', 'distortion_for', 'estimate_model', 'panel_margin',
            'simulated_verdicts', 'calibrate', 'spearman', 'kendall', 'rank_agreement', 'plateau_budget',
-           'analyse_table', 'synthetic_table', 'verdict_text', 'plot_regret_by_n', 'plot_regret_cpu',
+           'analyse_table', 'synthetic_table', 'margin_table', 'verdict_text', 'plot_regret_by_n', 'plot_regret_cpu',
            'plot_verdict_grid', 'plot_learning_curves', 'design_for_power', 'power_report', 'power_text',
            'add_power_args', 'power_command']
 
@@ -512,6 +512,15 @@ def synthetic_table(model:TableModel, # noise levels
     return pd.DataFrame(rows)
 
 # %% ../nbs/06b_verdicts.ipynb #v044
+def margin_table(summary:dict) -> pd.DataFrame: # the output of `analyse_table`
+    "Verdicts at each multiple of δ (rows, in CER) for each fraction (columns)."
+    sw = summary['margin_sweep']
+    rows = {f"{float(m):g}δ = {float(m) * summary['margin']:.4f}": v for m, v in sorted(sw.items(), key=lambda kv: float(kv[0]))}
+    return pd.DataFrame(rows).T.rename(columns=_pct_label)
+
+def _pct_label(fk) -> str: return f'{float(fk) * 100:.0f} %'
+
+# %% ../nbs/06b_verdicts.ipynb #v048
 def _pct(fk) -> str: return f'{float(fk) * 100:.0f} %'
 
 VERDICT_WORDS = {'within': 'within δ of a 100 % search', 'worse': 'worse than a 100 % search by more than δ',
@@ -547,7 +556,7 @@ def verdict_text(summary:dict) -> str: # the output of `analyse_table`
                       'power ≥ 80 % at 2δ): read its verdicts with those error rates.'))
     return '\n'.join(out)
 
-# %% ../nbs/06b_verdicts.ipynb #v046
+# %% ../nbs/06b_verdicts.ipynb #v050
 def _fig(w=6, h=4):
     import matplotlib.pyplot as plt
     return plt.subplots(figsize=(w, h))
@@ -619,7 +628,7 @@ def plot_learning_curves(table:pd.DataFrame, # the data-size table
     axes[0][0].set_ylabel('test CER'); axes[0][-1].legend(fontsize=7)
     fig.suptitle('Learning curves of the best configurations on 100 %'); return fig
 
-# %% ../nbs/06b_verdicts.ipynb #v049
+# %% ../nbs/06b_verdicts.ipynb #v053
 def design_for_power(cfg) -> dict: # a `StudyConfig`
     "The calibration design of a study's config; `ValueError` naming the keys when the panel cannot hold the primary search."
     d = design_sizes(cfg)
