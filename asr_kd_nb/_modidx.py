@@ -496,6 +496,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'asr_kd_nb.splits.enough_clusters': ('splits.html#enough_clusters', 'asr_kd_nb/splits.py'),
                                   'asr_kd_nb.splits.fold_name': ('splits.html#fold_name', 'asr_kd_nb/splits.py'),
                                   'asr_kd_nb.splits.make_splits': ('splits.html#make_splits', 'asr_kd_nb/splits.py'),
+                                  'asr_kd_nb.splits.must_train_clusters': ('splits.html#must_train_clusters', 'asr_kd_nb/splits.py'),
                                   'asr_kd_nb.splits.nested_fractions': ('splits.html#nested_fractions', 'asr_kd_nb/splits.py'),
                                   'asr_kd_nb.splits.pick_test_clusters': ('splits.html#pick_test_clusters', 'asr_kd_nb/splits.py'),
                                   'asr_kd_nb.splits.speaker_leakage': ('splits.html#speaker_leakage', 'asr_kd_nb/splits.py'),
