@@ -612,6 +612,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'asr_kd_nb.teacher.cache_emissions': ('teacher.html#cache_emissions', 'asr_kd_nb/teacher.py'),
                                    'asr_kd_nb.teacher.cache_key': ('teacher.html#cache_key', 'asr_kd_nb/teacher.py'),
                                    'asr_kd_nb.teacher.cache_manifests': ('teacher.html#cache_manifests', 'asr_kd_nb/teacher.py'),
+                                   'asr_kd_nb.teacher.cache_set_ids': ('teacher.html#cache_set_ids', 'asr_kd_nb/teacher.py'),
                                    'asr_kd_nb.teacher.check_frame_rate': ('teacher.html#check_frame_rate', 'asr_kd_nb/teacher.py'),
                                    'asr_kd_nb.teacher.choose_precision': ('teacher.html#choose_precision', 'asr_kd_nb/teacher.py'),
                                    'asr_kd_nb.teacher.file_sha256': ('teacher.html#file_sha256', 'asr_kd_nb/teacher.py'),
