@@ -329,6 +329,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'asr_kd_nb.kd.geometric_mean': ('kd.html#geometric_mean', 'asr_kd_nb/kd.py'),
                               'asr_kd_nb.kd.kd_loss': ('kd.html#kd_loss', 'asr_kd_nb/kd.py'),
                               'asr_kd_nb.kd.length_buckets': ('kd.html#length_buckets', 'asr_kd_nb/kd.py'),
+                              'asr_kd_nb.kd.real_speech_scores': ('kd.html#real_speech_scores', 'asr_kd_nb/kd.py'),
                               'asr_kd_nb.kd.real_time_factor': ('kd.html#real_time_factor', 'asr_kd_nb/kd.py'),
                               'asr_kd_nb.kd.run_parallel': ('kd.html#run_parallel', 'asr_kd_nb/kd.py'),
                               'asr_kd_nb.kd.run_protocol': ('kd.html#run_protocol', 'asr_kd_nb/kd.py'),
