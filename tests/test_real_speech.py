@@ -5,10 +5,29 @@ import pytest
 from asr_kd_nb.corpus import FESTVOX_RU_DIR, read_manifest
 from asr_kd_nb.clustering import read_labels
 
-pytestmark = pytest.mark.skipif(not (Path(FESTVOX_RU_DIR)/'etc'/'txt.done.data').is_file(),
-                                reason="Debian's festvox-ru is not installed (apt-get install festvox-ru)")
+from conftest import asr_kd
+
+needs_festvox = pytest.mark.skipif(not (Path(FESTVOX_RU_DIR)/'etc'/'txt.done.data').is_file(),
+                                   reason="Debian's festvox-ru is not installed (apt-get install festvox-ru)")
 
 
+def test_corpus_stage_without_festvox_says_the_study_is_synthetic(tmp_path):
+    "`corpus.real_speech_dir` at a missing folder (as on a machine without festvox-ru): logged, no real-speech set, the card says so."
+    cfg = tmp_path/'c.json'
+    cfg.write_text(json.dumps({'corpus': {'real_speech_dir': str(tmp_path/'no-festvox'), 'n_utterances': 12, 'n_speakers': 3,
+                                          'n_ood': 3, 'n_ood_speakers': 1}}))
+    r = asr_kd('run', '--preset', 'smoke', '--run-dir', tmp_path/'run', '--config', cfg, '--stages', '00_corpus', '--no-progress')
+    assert r.returncode == 0, r.stderr[-3000:]
+    c = tmp_path/'run'/'corpus'
+    rep = json.loads((c/'report.json').read_text())
+    assert rep['real_speech']['present'] is False and 'no-festvox' in rep['real_speech']['reason']
+    assert not (c/'real_manifest.jsonl').exists() and {u.source for u in read_manifest(c/'manifest.jsonl')} == {'embedded'}
+    executed = (tmp_path/'run'/'notebooks'/'00_corpus.ipynb').read_text()
+    assert 'real-speech set absent' in executed and 'synthetic corpus alone' in executed
+    assert 'Recorded speech: absent' in (c/'card.md').read_text()
+
+
+@needs_festvox
 def test_smoke_run_trains_on_recorded_speech_and_tests_on_held_out_sentences(smoke_run):
     run = Path(smoke_run['dir'])
     main = read_manifest(run/'corpus'/'manifest.jsonl')
