@@ -7,7 +7,7 @@ from __future__ import annotations
 import io, json, logging, math, os, re, shutil, subprocess, tempfile, hashlib, itertools
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, asdict, field
+from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 from typing import ClassVar, Iterable
 import numpy as np, soundfile as sf
@@ -15,14 +15,20 @@ from tqdm.auto import tqdm
 from .config import config_section, write_json, read_json, resolve_source, derive_seed, require, config_source
 
 # %% auto #0
-__all__ = ['log', 'CORPUS_SOURCES', 'RU_ALPHABET', 'VOCAB_CHARS', 'SAMPLE_RATE', 'REJECTION_REASONS', 'MAIN_VARIANTS',
-           'OOD_VARIANTS', 'CorpusConfig', 'Utterance', 'write_manifest', 'read_manifest', 'normalize_text',
-           'text_problem', 'RejectedAudio', 'decode_audio', 'check_duration', 'ingest', 'load_hf_dataset',
-           'hf_candidates', 'nemo_candidates', 'make_sentences', 'Voice', 'make_voices', 'espeak_binary', 'speak',
-           'synth_candidates', 'corpus_candidates', 'build_corpus', 'corpus_stats']
+__all__ = ['log', 'FESTVOX_RU_DIR', 'FORTUNES_RU_DIR', 'CORPUS_SOURCES', 'RU_ALPHABET', 'VOCAB_CHARS', 'SAMPLE_RATE',
+           'REJECTION_REASONS', 'MAIN_VARIANTS', 'OOD_VARIANTS', 'REAL_SPEAKER', 'RECORDED_SOURCES',
+           'FESTVOX_RU_NOTICE', 'AUDIO_SOURCES', 'TEXT_SOURCES', 'CorpusConfig', 'Utterance', 'write_manifest',
+           'read_manifest', 'normalize_text', 'text_problem', 'RejectedAudio', 'decode_audio', 'check_duration',
+           'ingest', 'load_hf_dataset', 'hf_candidates', 'nemo_candidates', 'make_sentences', 'read_prose',
+           'prose_sentences', 'Voice', 'make_voices', 'espeak_binary', 'speak', 'synth_candidates',
+           'read_festvox_prompts', 'split_real_sentences', 'real_speech_candidates', 'fake_festvox',
+           'corpus_candidates', 'corpus_prose', 'build_corpus', 'corpus_stats', 'real_speech_status',
+           'real_speech_note', 'data_card', 'card_markdown', 'write_data_card']
 
 # %% ../nbs/00_corpus.ipynb #c005
 log = logging.getLogger(__name__)
+FESTVOX_RU_DIR = '/usr/share/festival/voices/russian/msu_ru_nsh_clunits'   # where Debian's festvox-ru puts its voice database
+FORTUNES_RU_DIR = '/usr/share/games/fortunes/ru'                            # where Debian's fortunes-ru puts its fortune files
 
 @config_section('corpus')
 @dataclass
@@ -34,16 +40,24 @@ class CorpusConfig:
     nemo_manifest: str = ''         # path of a NeMo-style manifest, for source='nemo'
     ood_dataset: str = ''           # out-of-domain set (VoxForge's role): hub id/directory, or '' to synthesise one
     ood_splits: list = field(default_factory=lambda: ['test'])
-    n_utterances: int = 240         # embedded corpus size
+    n_utterances: int = 240         # embedded corpus size (synthetic utterances)
     n_speakers: int = 8             # embedded speakers (voice variant, pitch, rate)
     n_ood: int = 40                 # embedded out-of-domain utterances (other voices, other sentences)
     n_ood_speakers: int = 3
+    real_speech_dir: str = ''       # festvox-ru voice folder (wav/, etc/txt.done.data), for source='embedded'; '' or a missing folder = none
+    n_real_test: int = 12           # recorded sentences held out as the real-speech test set (never trained on)
+    n_real_train: int = 16          # recorded sentences, drawn after the held-out ones, that join the training pool
+    prose_dir: str = ''             # folder of fortune files read as open-vocabulary prose, for source='embedded'; '' = commands only
+    prose_share: float = 0.5        # share of the synthetic utterances that read prose (the rest read the command grammar)
+    prose_max_words: int = 12       # longest prose sentence read, in words
     min_duration: float = 0.2       # seconds; shorter audio is rejected
     max_duration: float = 20.0      # seconds; longer audio is rejected
-    seed: int = 0                   # synthesis seed (speakers, sentences)
+    seed: int = 0                   # synthesis seed (speakers, sentences, the held-out recorded sentences)
     workers: int = 2                # parallel synthesis processes
     presets: ClassVar[dict] = {
-        'default': {'n_utterances': 2000, 'n_speakers': 20, 'n_ood': 300, 'n_ood_speakers': 6},
+        'smoke': {'n_utterances': 200, 'real_speech_dir': FESTVOX_RU_DIR, 'prose_dir': FORTUNES_RU_DIR, 'prose_max_words': 8},
+        'default': {'n_utterances': 1400, 'n_speakers': 14, 'n_ood': 300, 'n_ood_speakers': 6, 'real_speech_dir': FESTVOX_RU_DIR,
+                    'n_real_test': 150, 'n_real_train': 240, 'prose_dir': FORTUNES_RU_DIR},
         'paper': {'source': 'hf', 'ood_dataset': 'dangrebenkin/voxforge-ru-dataset'},
     }
 
@@ -56,10 +70,13 @@ class CorpusConfig:
             require(len(v) > 0 and all(isinstance(s, str) and s for s in v), f'corpus.{k}', v, 'a non-empty list of split names')
         for k in ('n_utterances', 'n_speakers', 'n_ood_speakers', 'workers'):
             require(getattr(self, k) >= 1, f'corpus.{k}', getattr(self, k), 'an integer >= 1')
-        require(self.n_ood >= 0, 'corpus.n_ood', self.n_ood, 'an integer >= 0')
+        for k in ('n_ood', 'n_real_test', 'n_real_train'):
+            require(getattr(self, k) >= 0, f'corpus.{k}', getattr(self, k), 'an integer >= 0')
         require(self.n_speakers <= self.n_utterances, 'corpus.n_speakers', self.n_speakers, f'at most corpus.n_utterances ({self.n_utterances})')
         require(0 <= self.min_duration < self.max_duration, 'corpus.min_duration', self.min_duration,
                 f'in [0, corpus.max_duration={self.max_duration}) seconds')
+        require(0 <= self.prose_share <= 1, 'corpus.prose_share', self.prose_share, 'a share in [0, 1]')
+        require(self.prose_max_words >= 3, 'corpus.prose_max_words', self.prose_max_words, 'an integer >= 3')
 
 CORPUS_SOURCES = ('embedded', 'hf', 'nemo')
 config_source('corpus', 'hf_dataset', 'dataset', 'dataset', used=lambda c: c.source == 'hf')
@@ -344,6 +361,29 @@ def make_sentences(n:int, seed:int, ood:bool=False, exclude:set=frozenset()) -> 
         if len(out) == n: return out
     raise ValueError(f'the grammar yields fewer than {n} distinct sentences (got {len(out)}); lower n_utterances')
 
+# %% ../nbs/00_corpus.ipynb #rp01
+def read_prose(folder, # a folder of fortune files (text entries separated by lines holding '%')
+               max_words:int=12, # longest sentence kept, in words
+              ) -> list[str]:
+    "Distinct normalised sentences (3 to `max_words` words, vocabulary characters only) of the fortune files in `folder`, sorted."
+    folder, out = Path(folder), set()
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.is_symlink() and p.suffix != '.dat') if folder.is_dir() else []
+    for p in files:
+        for entry in re.split(r'\n%\n', p.read_text(encoding='utf-8', errors='replace')):
+            body = ' '.join(l for l in entry.splitlines() if not l.strip().startswith('--'))   # drop the attribution line
+            for sent in re.split(r'(?<=[.!?…])\s+', body):
+                s = normalize_text(sent)
+                if text_problem(s) is None and 3 <= len(s.split()) <= max_words: out.add(s)
+    return sorted(out)
+
+def prose_sentences(pool:list, # candidate sentences (`read_prose`)
+                    n:int, # sentences wanted
+                    seed:int, exclude:set=frozenset()) -> list[str]:
+    "`n` distinct sentences of `pool` not in `exclude`, drawn with `seed`."
+    ok = [s for s in pool if s not in exclude]
+    if n > len(ok): raise ValueError(f'the prose source has {len(ok)} usable sentences, {n} wanted; lower corpus.prose_share or n_utterances')
+    return [ok[i] for i in np.random.default_rng(seed).choice(len(ok), n, replace=False)]
+
 # %% ../nbs/00_corpus.ipynb #c028
 MAIN_VARIANTS = ['m1', 'm2', 'm3', 'm4', 'm5', 'm6', 'm7', 'm8', 'f1', 'f2', 'f3', 'f4', 'Alex', 'Andy', 'Denis', 'edward',
                  'iven', 'michel', 'steph', 'norbert']
@@ -388,12 +428,16 @@ def speak(text:str, voice:Voice) -> bytes:
         return out.read_bytes()
 
 # %% ../nbs/00_corpus.ipynb #c031
-def synth_candidates(n:int, n_speakers:int, seed:int, ood:bool=False, exclude:set=frozenset(), workers:int=2):
+def synth_candidates(n:int, n_speakers:int, seed:int, ood:bool=False, exclude:set=frozenset(), workers:int=2,
+                     prose:list=(), # prose sentences read as part of the `n` (the rest are drawn from the grammar)
+                    ):
     "Synthesised candidates (sentences spread evenly over speakers, speaker order shuffled): (total, iterator, sentences)."
     rng = np.random.default_rng(derive_seed(seed, 'assign', ood))
     voices = make_voices(n_speakers, derive_seed(seed, 'voices', ood), OOD_VARIANTS if ood else MAIN_VARIANTS,
                          'ood' if ood else 'spk')
-    sents = make_sentences(n, derive_seed(seed, 'sentences', ood), ood, exclude)
+    prose = list(prose)[:n]
+    sents = prose + make_sentences(n - len(prose), derive_seed(seed, 'sentences', ood), ood, set(exclude) | set(prose))
+    if prose: sents = [sents[i] for i in np.random.default_rng(derive_seed(seed, 'sentence-order', ood)).permutation(n)]
     who = rng.permutation(np.arange(n) % n_speakers)
     prefix = 'ood' if ood else 'emb'
     jobs = [(f'{prefix}-{i:05d}', sents[i], voices[who[i]]) for i in range(n)]
@@ -403,35 +447,124 @@ def synth_candidates(n:int, n_speakers:int, seed:int, ood:bool=False, exclude:se
                 yield dict(id=uid, audio=wav, text=text, speaker=v.name, source='embedded-ood' if ood else 'embedded')
     return n, gen(), sents
 
+# %% ../nbs/00_corpus.ipynb #rr05
+REAL_SPEAKER = 'festvox-nsh'          # the festvox-ru speaker's name in the manifest
+RECORDED_SOURCES = ('festvox-ru',)    # manifest sources that are recorded human speech (the rest of the embedded corpus is synthetic)
+
+def read_festvox_prompts(path) -> list[tuple]:
+    "(id, transcript or None when the line is malformed, line) per non-empty line of a festvox `txt.done.data`; stress `+` dropped."
+    out = []
+    for line in Path(path).read_text(encoding='utf-8').splitlines():
+        if not line.strip(): continue
+        m = re.fullmatch(r'\(\s*(\S+)\s+"(.*)"\s*\)', line.strip())
+        out.append((m.group(1), m.group(2).replace('+', ''), line) if m else (None, None, line))
+    return out
+
+# %% ../nbs/00_corpus.ipynb #rr07
+def split_real_sentences(ids:list, # recorded utterance ids, in file order
+                         n_test:int, # held out: the real-speech test set
+                         n_train:int, # joining the training pool
+                         seed:int) -> tuple[list, list]:
+    "(test ids, train ids): a seeded draw of `n_test` held-out ids, then `n_train` more for training (fewer when there are not enough)."
+    if n_test > len(ids): raise ValueError(f'corpus.n_real_test={n_test} but the recordings hold {len(ids)} sentences')
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    test, train = sorted(order[:n_test]), sorted(order[n_test:n_test + n_train])
+    if len(train) < n_train: log.warning('corpus.n_real_train=%d, but only %d recorded sentences are left after the test set', n_train, len(train))
+    return test, train
+
+# %% ../nbs/00_corpus.ipynb #rr09
+def real_speech_candidates(cfg:CorpusConfig) -> dict:
+    "The festvox-ru candidates {'present', 'reason', 'dir', 'test', 'train', 'malformed', 'unused'}, or why the set is absent."
+    d = Path(cfg.real_speech_dir) if cfg.real_speech_dir else None
+    if cfg.source != 'embedded': why = f"corpus.source={cfg.source!r} (recorded speech joins the embedded corpus only)"
+    elif d is None: why = "corpus.real_speech_dir is '' (no recorded speech configured)"
+    elif not (d/'etc'/'txt.done.data').is_file():
+        why = f'{d/"etc"/"txt.done.data"} not found (install Debian\'s festvox-ru, or set corpus.real_speech_dir)'
+    else: why = None
+    if why: return {'present': False, 'reason': why, 'dir': str(d) if d else ''}
+    prompts = read_festvox_prompts(d/'etc'/'txt.done.data')
+    good = {i: t for i, t, _ in prompts if i is not None}
+    malformed = [dict(id=f'festvox-line-{k + 1}', source='festvox-ru', reject=('malformed manifest line', f'{d/"etc"/"txt.done.data"}: {line[:80]!r}'))
+                 for k, (i, _, line) in enumerate(prompts) if i is None]
+    test, train = split_real_sentences(list(good), cfg.n_real_test, cfg.n_real_train, derive_seed(cfg.seed, 'real-speech'))
+    cand = lambda i: dict(id=f'festvox-{i}', audio=d/'wav'/f'{i}.wav', text=good[i], speaker=REAL_SPEAKER, source='festvox-ru')
+    return {'present': True, 'reason': '', 'dir': str(d), 'test': [cand(i) for i in test], 'train': [cand(i) for i in train],
+            'malformed': malformed, 'unused': len(good) - len(test) - len(train)}
+
+# %% ../nbs/00_corpus.ipynb #rr11
+def fake_festvox(d, # folder to create (the voice folder)
+                 texts:dict, # id -> transcript as festvox writes it (with '+' stress marks)
+                 seconds:float=1.0, missing:tuple=(), extra_lines:tuple=()) -> Path:
+    "A minimal festvox voice folder (`wav/ID.wav` tones, `etc/txt.done.data`) for tests; ids in `missing` get no wav."
+    d = Path(d); (d/'wav').mkdir(parents=True, exist_ok=True); (d/'etc').mkdir(exist_ok=True)
+    for k, i in enumerate(texts):
+        if i in missing: continue
+        t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+        sf.write(d/'wav'/f'{i}.wav', (0.2 * np.sin(2 * np.pi * (120 + 10 * k) * t)).astype(np.float32), SAMPLE_RATE, subtype='PCM_16')
+    lines = [f'( {i} "{t}" )' for i, t in texts.items()] + list(extra_lines)
+    (d/'etc'/'txt.done.data').write_text('\n'.join(lines) + '\n', encoding='utf-8')
+    return d
+
 # %% ../nbs/00_corpus.ipynb #c036
-def corpus_candidates(cfg:CorpusConfig, ood:bool=False, exclude:set=frozenset()):
-    "(total, iterator) of candidates for the configured main or out-of-domain source."
+def corpus_candidates(cfg:CorpusConfig, ood:bool=False, exclude:set=frozenset(), prose:list=()):
+    "(total, iterator) of candidates for the configured main or out-of-domain source; `prose` sentences are read by the main voices."
     if ood:
         if cfg.ood_dataset: return hf_candidates(cfg.ood_dataset, cfg.ood_splits, 'corpus.ood_dataset')
         if cfg.source != 'embedded': return 0, iter(())
         n, it, _ = synth_candidates(cfg.n_ood, cfg.n_ood_speakers, cfg.seed, True, exclude, cfg.workers)
         return n, it
     if cfg.source == 'embedded':
-        n, it, _ = synth_candidates(cfg.n_utterances, cfg.n_speakers, cfg.seed, False, workers=cfg.workers)
+        n, it, _ = synth_candidates(cfg.n_utterances, cfg.n_speakers, cfg.seed, False, exclude, cfg.workers, prose)
         return n, it
     if cfg.source == 'hf': return hf_candidates(cfg.hf_dataset, cfg.hf_splits)
     if cfg.source == 'nemo': return nemo_candidates(cfg.nemo_manifest)
     raise ValueError(f'unknown corpus.source {cfg.source!r}; use embedded, hf or nemo')
 
 # %% ../nbs/00_corpus.ipynb #h14a93
+def corpus_prose(cfg:CorpusConfig, exclude:set=frozenset()) -> tuple[list, str]:
+    "(prose sentences the synthetic voices read, what the text sources are) for `cfg`; no prose when its source is missing."
+    n = round(cfg.prose_share * cfg.n_utterances)
+    if cfg.source != 'embedded' or n == 0: return [], 'command grammar'
+    pool = read_prose(cfg.prose_dir, cfg.prose_max_words) if cfg.prose_dir else []
+    if not pool:
+        log.warning('no open-vocabulary prose: corpus.prose_dir=%r holds no fortune files (install Debian\'s fortunes-ru); '
+                    'the synthetic voices read the command grammar only', cfg.prose_dir)
+        return [], 'command grammar (prose source absent)'
+    return prose_sentences(pool, min(n, cfg.n_utterances), derive_seed(cfg.seed, 'prose'), exclude), f'command grammar + prose ({cfg.prose_dir})'
+
 def build_corpus(cfg:CorpusConfig, run_dir) -> dict:
     "Make the corpus stage's files in `run_dir/corpus`; returns the report."
     out = Path(run_dir)/'corpus'
-    n, it = corpus_candidates(cfg)
+    real = real_speech_candidates(cfg)
+    if real['present']:
+        real_test, real_rep = ingest(real['test'] + real['malformed'], out/'audio', cfg.min_duration, cfg.max_duration,
+                                     len(real['test']) + len(real['malformed']), 'real speech (test)')
+        real_train, real_train_rep = ingest(real['train'], out/'audio', cfg.min_duration, cfg.max_duration, len(real['train']),
+                                            'real speech (train)')
+    else:
+        log.warning('real-speech set absent: %s; the study runs on the synthetic corpus alone', real['reason'])
+        real_test, real_train, real_rep, real_train_rep = [], [], None, None
+    held = {u.text for u in real_test}
+    prose, text_source = corpus_prose(cfg, held)
+    n, it = corpus_candidates(cfg, exclude=held, prose=prose)
     main, rep = ingest(it, out/'audio', cfg.min_duration, cfg.max_duration, n, 'corpus')
+    main += real_train
     if not main: raise RuntimeError(f'no utterance of {n} candidates was accepted; see reasons: {rep["rejected_by_reason"]}')
-    n, it = corpus_candidates(cfg, ood=True, exclude={u.text for u in main})
+    n, it = corpus_candidates(cfg, ood=True, exclude={u.text for u in main} | held)
     ood, ood_rep = ingest(it, out/'audio', cfg.min_duration, cfg.max_duration, n, 'out-of-domain')
     shared = {u.text for u in main} & {u.text for u in ood}
     write_manifest(main, out/'manifest.jsonl'); write_manifest(ood, out/'ood_manifest.jsonl')
+    if real_test: write_manifest(real_test, out/'real_manifest.jsonl')
+    else: (out/'real_manifest.jsonl').unlink(missing_ok=True)      # a rerun without recorded speech leaves no stale set
     report = {**rep, 'ood': ood_rep, 'ood_sentences_shared_with_main': len(shared), 'stats': corpus_stats(main),
-              'ood_stats': corpus_stats(ood) if ood else None}
+              'ood_stats': corpus_stats(ood) if ood else None,
+              'real_speech': {'present': bool(real_test), 'reason': real['reason'] or ('' if real_test else 'no recorded utterance accepted'),
+                              'dir': real['dir'], 'test': real_rep, 'train': real_train_rep, 'unused_sentences': real.get('unused'),
+                              'test_sentences_in_training': len(held & {u.text for u in main}),
+                              'stats': corpus_stats(real_test) if real_test else None},
+              'text_source': text_source, 'prose_utterances': sum(u.text in set(prose) for u in main)}
     write_json(out/'report.json', report)
+    write_data_card(cfg, report, {'main': main, 'out-of-domain': ood, 'real-speech test': real_test}, out)
     return report
 
 # %% ../nbs/00_corpus.ipynb #c037
@@ -444,3 +577,103 @@ def corpus_stats(utts:list[Utterance]) -> dict:
             'words': len(words), 'vocabulary': len(set(words)), 'sentences': len({u.text for u in utts}),
             'duration_min_s': round(float(durs.min()), 3), 'duration_mean_s': round(float(durs.mean()), 3),
             'duration_max_s': round(float(durs.max()), 3)}
+
+# %% ../nbs/00_corpus.ipynb #rc00
+def real_speech_status(run_dir) -> dict:
+    "{'present', 'reason', 'utterances', 'manifest'} of a run's real-speech test set, read from `corpus/report.json`."
+    c = Path(run_dir)/'corpus'
+    rs = (read_json(c/'report.json').get('real_speech') if (c/'report.json').exists() else None) or \
+         {'present': False, 'reason': 'the run predates the real-speech set'}
+    present = bool(rs.get('present')) and (c/'real_manifest.jsonl').exists()
+    return {'present': present, 'reason': '' if present else rs.get('reason') or f'{c/"real_manifest.jsonl"} is missing',
+            'utterances': (rs.get('stats') or {}).get('utterances') if present else 0,
+            'manifest': str(c/'real_manifest.jsonl') if present else None}
+
+def real_speech_note(status:dict) -> str:
+    "One line for logs and reports: what the real-speech set is, or why it is absent."
+    if status['present']: return (f"real-speech test set: {status['utterances']} recorded sentences (festvox-ru, one male speaker "
+                                  f"reading prose; the speaker trains, the sentences do not)")
+    return f"real-speech set absent ({status['reason']}): the study runs on the synthetic corpus alone"
+
+# %% ../nbs/00_corpus.ipynb #rc03
+FESTVOX_RU_NOTICE = """Nickolay V. Shmyrev  Copyright (c) 2005
+All Rights Reserved.
+
+Permission is hereby granted, free of charge, to use and distribute this software and its documentation without restriction,
+including without limitation the rights to use, copy, modify, merge, publish, distribute, sublicense, and/or sell copies of
+this work, and to permit persons to whom this work is furnished to do so, subject to the following conditions:
+ 1. The code must retain the above copyright notice, this list of conditions and the following disclaimer.
+ 2. Any modifications must be clearly marked as such.
+ 3. Original authors' names are not deleted.
+ 4. The authors' names are not used to endorse or promote products derived from this software without specific prior
+    written permission.
+
+THE AUTHOR AND THE CONTRIBUTORS TO THIS WORK DISCLAIM ALL WARRANTIES WITH REGARD TO THIS SOFTWARE, INCLUDING ALL IMPLIED
+WARRANTIES OF MERCHANTABILITY AND FITNESS, IN NO EVENT SHALL THE UNIVERSITY OF EDINBURGH NOR THE CONTRIBUTORS BE LIABLE FOR
+ANY SPECIAL, INDIRECT OR CONSEQUENTIAL DAMAGES OR ANY DAMAGES WHATSOEVER RESULTING FROM LOSS OF USE, DATA OR PROFITS, WHETHER
+IN AN ACTION OF CONTRACT, NEGLIGENCE OR OTHER TORTIOUS ACTION, ARISING OUT OF OR IN CONNECTION WITH THE USE OR PERFORMANCE OF
+THIS SOFTWARE."""
+
+AUDIO_SOURCES = {
+    'embedded': {'kind': 'synthetic', 'what': 'eSpeak NG Russian voice variants; each (variant, pitch, rate) is a speaker',
+                 'licence': 'generated here by eSpeak NG (GPL-3)'},
+    'embedded-ood': {'kind': 'synthetic', 'what': 'eSpeak NG Russian voice variants not used in the main set',
+                     'licence': 'generated here by eSpeak NG (GPL-3)'},
+    'festvox-ru': {'kind': 'recorded', 'what': "Debian's festvox-ru voice database msu_ru_nsh_clunits: one adult male speaker "
+                   'reading literary prose, 16 kHz mono', 'author': 'Nickolay V. Shmyrev', 'licence': 'BSD-like',
+                   'copyright': 'Copyright (c) 2005 Nickolay V. Shmyrev', 'notice': FESTVOX_RU_NOTICE,
+                   'modifications': 'Modified: recordings decoded and rewritten as 16 kHz mono 16-bit WAV (resampled and down-mixed '
+                                    'where needed); transcripts normalised (stress marks "+" removed, lowercased, ё -> е, '
+                                    'punctuation removed); sentences split into a held-out test set and a training part.'},
+}
+TEXT_SOURCES = {
+    'command grammar': 'voice-assistant command templates of this project (main set)',
+    'out-of-domain grammar': 'statement templates of this project (out-of-domain set)',
+    'prose': "sentences of Debian's fortunes-ru (fortune-mod-ru, Copyright 2003 Pavel Maryanov, GPL-2), normalised",
+    'festvox-ru transcripts': 'the recordings\' own transcripts (etc/txt.done.data), normalised',
+}
+
+def data_card(cfg:CorpusConfig, report:dict, sets:dict) -> dict:
+    "The data card: audio and text sources, and hours, utterances and speakers per source in each set (`sets`: name -> utterances)."
+    rows = []
+    for name, utts in sets.items():
+        for src in sorted({u.source for u in utts}):
+            us = [u for u in utts if u.source == src]
+            rows.append({'set': name, 'source': src, 'kind': AUDIO_SOURCES.get(src, {}).get('kind', 'recorded'), 'utterances': len(us),
+                         'hours': round(sum(u.duration for u in us) / 3600, 4), 'speakers': len({u.speaker for u in us} - {None}) or None})
+    used = {r['source'] for r in rows}
+    texts = {k: v for k, v in TEXT_SOURCES.items() if (k == 'command grammar' and 'embedded' in used) or
+             (k == 'out-of-domain grammar' and 'embedded-ood' in used) or (k == 'prose' and report.get('prose_utterances')) or
+             (k == 'festvox-ru transcripts' and 'festvox-ru' in used)}
+    rs = report.get('real_speech') or {}
+    return {'audio_sources': {s: AUDIO_SOURCES.get(s, {'kind': 'recorded', 'what': f'corpus source {s!r}', 'licence': 'see the dataset'})
+                              for s in sorted(used)},
+            'text_sources': texts, 'prose_utterances': report.get('prose_utterances', 0), 'rows': rows,
+            'real_speech': {'present': bool(rs.get('present')), 'reason': rs.get('reason', ''), 'dir': rs.get('dir', '')},
+            'totals': {k: {'utterances': sum(r['utterances'] for r in rows if r['kind'] == k),
+                           'hours': round(sum(r['hours'] for r in rows if r['kind'] == k), 4)} for k in ('synthetic', 'recorded')}}
+
+# %% ../nbs/00_corpus.ipynb #rc04
+def card_markdown(card:dict) -> str:
+    "The data card as Markdown."
+    L = ['# Data card', '', '## Audio sources', '']
+    for s, a in card['audio_sources'].items():
+        L.append(f"- **{s}** ({a['kind']}): {a['what']}. Licence: {a['licence']}." + (f" {a['copyright']}." if a.get('copyright') else ''))
+        if a.get('modifications'): L.append(f"  {a['modifications']}")
+    if not card['real_speech']['present']: L.append(f"- Recorded speech: absent ({card['real_speech']['reason']}); the corpus is synthetic only.")
+    L += ['', '## Text sources', ''] + [f'- **{k}**: {v}' for k, v in card['text_sources'].items()]
+    L += ['', '## Sizes', '', '| set | source | kind | utterances | hours | speakers |', '|---|---|---|---|---|---|']
+    L += [f"| {r['set']} | {r['source']} | {r['kind']} | {r['utterances']:,} | {r['hours']:.3f} | {r['speakers'] or '–'} |" for r in card['rows']]
+    L += ['', 'Synthetic: ' + ', '.join(f"{card['totals']['synthetic'][k]:,}" if k == 'utterances' else f"{card['totals']['synthetic'][k]:.2f} h"
+                                        for k in ('utterances', 'hours')) + '; recorded: ' +
+          ', '.join(f"{card['totals']['recorded'][k]:,}" if k == 'utterances' else f"{card['totals']['recorded'][k]:.2f} h"
+                    for k in ('utterances', 'hours')) + ' (utterances, hours). The splits stage cuts the cluster test folds from the main set.']
+    for s, a in card['audio_sources'].items():
+        if a.get('notice'): L += ['', f'## Copyright notice of {s} (kept as its licence requires)', '', '```', a['notice'], '```']
+    return '\n'.join(L) + '\n'
+
+def write_data_card(cfg:CorpusConfig, report:dict, sets:dict, out) -> dict:
+    "Write `card.json` and `card.md` into `out` (the run's `corpus/`); returns the card."
+    card = data_card(cfg, report, sets)
+    write_json(Path(out)/'card.json', card); (Path(out)/'card.md').write_text(card_markdown(card), encoding='utf-8')
+    return card

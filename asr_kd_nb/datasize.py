@@ -189,7 +189,7 @@ def curve_job(run_dir, hp:dict, seed:int, epochs:float, points:int) -> dict:
     "The paper's figure for one configuration: `ood_curve` on the full training data, scored on the out-of-domain set."
     from asr_kd_nb.teacher import load_cache
     c0, cfg, cache = time.process_time(), load_config(run_dir), load_cache(run_dir)
-    name, ids = ('out-of-domain', list(cache.ids[cache.n_main:])) if getattr(cache, 'n_ood', 0) else \
+    name, ids = ('out-of-domain', list(cache.ids[cache.n_main:cache.n_main + cache.n_ood])) if getattr(cache, 'n_ood', 0) else \
                 ('test folds', [u for v in test_folds(run_dir).values() for u in v])
     pts = ood_curve(StudentHParams(**hp), cache, fraction_ids(run_dir, 1.0), ids, cfg.kd, seed, epochs, points,
                     resolve_device(cfg.device), keep=run_path(run_dir, 'report')/'students'/config_hash(hp))

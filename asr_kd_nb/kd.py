@@ -15,14 +15,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .config import config_section, derive_seed, read_json, write_json, resolve_device, report_progress
 from .conformer import StudentHParams, PAPER_BEST, build_student, count_parameters, scale_hparams, N_MFCC
-from .teacher import ctc_greedy_decode, cer, cache_hypothesis, set_threads
+from .teacher import ctc_greedy_decode, cer, cache_hypothesis, set_threads, cache_set_ids, wer
 from .rundir import read_splits, fraction_ids
 
 # %% auto #0
 __all__ = ['log', 'LOSS_MODES', 'PROTOCOLS', 'BUDGETS', 'CER_FLOOR', 'TrainingDiverged', 'KDConfig', 'valid_mask', 'kd_loss',
            'length_buckets', 'epoch_steps', 'budget_steps', 'char_ids', 'encode_text', 'collate', 'TrainResult',
-           'train_student', 'transcribe', 'evaluate_fold', 'geometric_mean', 'checkpoint_steps', 'run_protocol',
-           'available_cores', 'run_parallel', 'baseline_student', 'cer_by_group', 'real_time_factor']
+           'train_student', 'transcribe', 'evaluate_fold', 'real_speech_scores', 'geometric_mean', 'checkpoint_steps',
+           'run_protocol', 'available_cores', 'run_parallel', 'baseline_student', 'cer_by_group', 'real_time_factor']
 
 # %% ../nbs/05_kd.ipynb #c005
 log = logging.getLogger(__name__)
@@ -260,6 +260,16 @@ def evaluate_fold(student:torch.nn.Module, cache, ids:list[str], batch_size:int=
     if not ids: raise ValueError('empty test fold')
     hyps = transcribe(student, cache, ids, batch_size, device)
     return cer([cache.text(i) for i in ids], hyps), hyps
+
+# %% ../nbs/05_kd.ipynb #kr01
+def real_speech_scores(student:torch.nn.Module, # a trained student
+                       cache, # the run's emission cache (holds the real-speech test set after the main and out-of-domain sets)
+                       batch_size:int=16, device:str='cpu') -> dict|None:
+    "{'cer', 'wer', 'utterances'} of `student` on the real-speech test set, scored from the cache; None when the run has none."
+    ids = cache_set_ids(cache, 'real')
+    if not ids: return None
+    c, hyps = evaluate_fold(student, cache, ids, batch_size, device)
+    return {'cer': round(float(c), 5), 'wer': round(float(wer([cache.text(i) for i in ids], hyps)), 5), 'utterances': len(ids)}
 
 # %% ../nbs/05_kd.ipynb #c029
 CER_FLOOR = 1e-4

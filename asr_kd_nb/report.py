@@ -205,16 +205,22 @@ def run_card(run_dir) -> dict:
     run_dir = Path(run_dir); cfg = _read_opt(run_dir, 'config'); corpus = _read_opt(run_dir, 'corpus_report')
     teacher = _read_opt(run_dir, 'teacher_json'); base = _read_opt(run_dir, 'kd_baseline'); cache = _read_opt(run_dir, 'cache_index')
     stats, ood = corpus.get('stats', {}), corpus.get('ood_stats', {})
-    audio_s = 3600 * ((stats.get('hours') or 0) + (ood.get('hours') or 0))
+    rs = corpus.get('real_speech') or {}; real = rs.get('stats') or {}
+    audio_s = 3600 * ((stats.get('hours') or 0) + (ood.get('hours') or 0) + (real.get('hours') or 0))
     timings = _read_opt(run_dir, 'timings')
     return {'corpus': {'source': _get(cfg, 'corpus', 'source'), 'utterances': stats.get('utterances'), 'speakers': stats.get('speakers'),
-                       'hours': stats.get('hours'), 'ood_utterances': ood.get('utterances'), 'sample_rate': 16000},
+                       'hours': stats.get('hours'), 'ood_utterances': ood.get('utterances'), 'sample_rate': 16000,
+                       'real_speech': rs.get('present') if rs else None, 'real_reason': rs.get('reason'),
+                       'real_test_utterances': real.get('utterances'), 'real_test_hours': real.get('hours'),
+                       'recorded_train_utterances': _get(rs, 'train', 'accepted')},
             'teacher': {'architecture': _get(teacher, 'identity', 'architecture'), 'parameters': teacher.get('parameters'),
                         'cer': _get(teacher, 'cer', 'test (pooled)'), 'wer': _get(teacher, 'wer', 'test (pooled)'),
                         'ood_cer': _get(teacher, 'cer', 'ood'), 'device': teacher.get('device'),
+                        'real_cer': _get(teacher, 'cer', 'real'), 'real_wer': _get(teacher, 'wer', 'real'),
                         'rtf': round(cache['build_s'] / audio_s, 5) if cache.get('build_s') and audio_s else None},
             'student': {'summary': base.get('summary'), 'parameters': base.get('parameters'), 'cer': base.get('gmean'),
-                        'wer': base.get('wer'), 'rtf': base.get('rtf'), 'kept_in': base.get('student_dir')},
+                        'wer': base.get('wer'), 'rtf': base.get('rtf'), 'kept_in': base.get('student_dir'),
+                        'real_cer': _get(base, 'real_speech', 'cer'), 'real_wer': _get(base, 'real_speech', 'wer')},
             'compute': {'stage_s': timings.get('total_s'), 'device': cfg.get('device'), 'preset': cfg.get('preset')}}
 
 # %% ../nbs/06a_report.ipynb #c015h
@@ -222,14 +228,21 @@ def card_text(card:dict) -> str:
     "The card as three Markdown lines."
     f = lambda v, fmt='{:.3f}': '–' if v is None else fmt.format(v)
     c, t, s, m = card['corpus'], card['teacher'], card['student'], card['compute']
-    src = {'espeak': 'synthetic eSpeak NG speech', 'hf': 'Hugging Face dataset', 'nemo': 'NeMo manifest'}.get(c['source'], c['source'])
+    src = {'espeak': 'synthetic eSpeak NG speech', 'embedded': 'synthetic eSpeak NG speech', 'hf': 'Hugging Face dataset',
+           'nemo': 'NeMo manifest'}.get(c['source'], c['source'])
+    real = {True: f" Real speech (festvox-ru, one male speaker reading prose): {f(c.get('recorded_train_utterances'), '{:,}')} recorded "
+                  f"sentences train, {f(c.get('real_test_utterances'), '{:,}')} other sentences ({f(c.get('real_test_hours'), '{:.2f}')} h) "
+                  f"are the real-speech test set.",
+            False: f" Real speech: absent ({c.get('real_reason') or 'not installed'}); the study ran on the synthetic corpus alone."}.get(c.get('real_speech'), '')
+    rt = f", real-speech CER {f(t.get('real_cer'))} / WER {f(t.get('real_wer'))}" if t.get('real_cer') is not None else ''
+    rs = f"; real speech CER {f(s.get('real_cer'))} / WER {f(s.get('real_wer'))}" if s.get('real_cer') is not None else ''
     return '\n'.join([
         f"- **Corpus**: {src}, {f(c['utterances'], '{:,}')} utterances of {f(c['speakers'], '{}')} speakers ({f(c['hours'], '{:.2f}')} h, "
-        f"{c['sample_rate'] // 1000} kHz), {f(c['ood_utterances'], '{:,}')} out-of-domain utterances.",
+        f"{c['sample_rate'] // 1000} kHz), {f(c['ood_utterances'], '{:,}')} out-of-domain utterances.{real}",
         f"- **Teacher**: {t['architecture'] or '–'}, {f(t['parameters'], '{:,}')} parameters, CER {f(t['cer'])} / WER {f(t['wer'])} on the "
-        f"held-out clusters (out-of-domain CER {f(t['ood_cer'])}), real-time factor {f(t['rtf'], '{:.4f}')} on {t['device'] or '–'}.",
+        f"held-out clusters (out-of-domain CER {f(t['ood_cer'])}{rt}), real-time factor {f(t['rtf'], '{:.4f}')} on {t['device'] or '–'}.",
         f"- **Student** (KD baseline, kept in `{s['kept_in'] or '–'}`): {s['summary'] or '–'}, {f(s['parameters'], '{:,}')} parameters, "
-        f"CER {f(s['cer'])} / WER {f(s['wer'])} ({m['preset'] or '–'} preset, device {m['device'] or '–'})."])
+        f"CER {f(s['cer'])} / WER {f(s['wer'])}{rs} ({m['preset'] or '–'} preset, device {m['device'] or '–'})."])
 
 # %% ../nbs/06a_report.ipynb #c017
 def headline(run_dir) -> str:

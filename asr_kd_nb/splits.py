@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import ClassVar
 import numpy as np
 from .config import config_section, section_preset, write_json, read_json, derive_seed, clusters_needed, load_config, require, config_check, save_figure
-from .corpus import read_manifest, Utterance
+from .corpus import read_manifest, Utterance, RECORDED_SOURCES, real_speech_status, real_speech_note
 from .clustering import read_labels
 from .rundir import frac_key, run_path   # the one spelling of a fraction key and the run paths, owned by the run-directory chapter
 
 # %% auto #0
 __all__ = ['log', 'SplitsConfig', 'enough_clusters', 'fold_name', 'pick_test_clusters', 'text_leakage', 'nested_fractions',
-           'check_splits', 'speaker_leakage', 'split_sizes', 'choose_folds', 'make_splits', 'split_stage']
+           'check_splits', 'speaker_leakage', 'split_sizes', 'must_train_clusters', 'choose_folds', 'make_splits',
+           'split_stage']
 
 # %% ../nbs/02_splits.ipynb #c005
 log = logging.getLogger(__name__)
@@ -169,20 +170,32 @@ def split_sizes(s:dict, # splits.json content
                      'speakers': None if None in spk else len(spk)})
     return rows
 
+# %% ../nbs/02_splits.ipynb #sm01
+def must_train_clusters(utts:list, # `Utterance`s of the manifest
+                        cluster:dict, # utterance id -> cluster
+                       ) -> list[int]:
+    "Clusters that may never be a test (or dev) fold: those holding recorded speech (`RECORDED_SOURCES`)."
+    return sorted({int(cluster[u.id]) for u in utts if u.source in RECORDED_SOURCES and u.id in cluster})
+
 # %% ../nbs/02_splits.ipynb #h14b11
 def choose_folds(sizes:dict, # cluster id -> utterances
                  cfg:SplitsConfig, # named clusters or the seeded rule's settings
                  seed:int=0, # rule seed
+                 must_train:list=(), # clusters that always train (`must_train_clusters`)
                 ) -> tuple[list, list, str]:
     "(test clusters, training clusters, the rule that chose them): the configured ids, else the seeded rule."
     for what, cl in (('test_clusters', cfg.test_clusters), ('train_clusters', cfg.train_clusters)):
         unknown = sorted(set(cl) - set(sizes))
         if unknown: raise ValueError(f'splits.{what} names cluster(s) {unknown} that do not exist; clusters are {sorted(sizes)}')
+    if (pinned := sorted(set(cfg.test_clusters) & set(must_train))):
+        raise ValueError(f'splits.test_clusters names cluster(s) {pinned} that hold recorded speech and must train; choose among {sorted(set(sizes) - set(must_train))}')
     if cfg.test_clusters: test, rule = sorted(cfg.test_clusters), 'config'
     else:
-        test = pick_test_clusters(sizes, cfg.n_test_folds, cfg.min_fold_size, derive_seed(seed, 'test-clusters'))
+        test = pick_test_clusters({c: n for c, n in sizes.items() if c not in set(must_train)}, cfg.n_test_folds, cfg.min_fold_size,
+                                  derive_seed(seed, 'test-clusters'))
         rule = f'seeded: {cfg.n_test_folds} clusters drawn among those with >= {cfg.min_fold_size} utterances'
-    train_cl = sorted(cfg.train_clusters) if cfg.train_clusters else [c for c in sizes if c not in test]
+    if must_train: rule += f'; cluster(s) {sorted(must_train)} hold recorded speech and always train'
+    train_cl = sorted(set(cfg.train_clusters) | set(must_train)) if cfg.train_clusters else [c for c in sizes if c not in test]
     if (both := set(train_cl) & set(test)): raise ValueError(f'cluster(s) {sorted(both)} are both train and test clusters')
     return test, train_cl, rule
 
@@ -191,22 +204,27 @@ def make_splits(utts:list, # `Utterance`s of the manifest
                 cluster:dict, # utterance id -> cluster (from clustering/labels.csv)
                 cfg:SplitsConfig, # split settings
                 seed:int=0, # split seed
+                held_out:list=(), # `Utterance`s of the real-speech test set: their sentences never train
                ) -> dict:
     "The content of splits.json: folds, training set, nested fractions, leakage and sizes; checked."
     ids = [u.id for u in utts]
     missing = [i for i in ids if i not in cluster]
     if missing: raise ValueError(f'{len(missing)} manifest utterance(s) have no cluster label, e.g. {missing[:3]}; rerun the clustering stage')
     sizes = dict(sorted(Counter(cluster[i] for i in ids).items()))
-    test, train_cl, rule = choose_folds(sizes, cfg, seed)
+    must = must_train_clusters(utts, cluster)
+    test, train_cl, rule = choose_folds(sizes, cfg, seed, must)
     folds = {fold_name(c): [i for i in ids if cluster[i] == c] for c in test}
     train = [i for i in ids if cluster[i] in set(train_cl)]
-    leaked = text_leakage(train, [i for f in folds.values() for i in f], {u.id: u.text for u in utts})
+    text = {u.id: u.text for u in [*utts, *held_out]}
+    leaked = text_leakage(train, [i for f in folds.values() for i in f] + [u.id for u in held_out], text)
+    leaked_real = text_leakage(train, [u.id for u in held_out], text)
     if cfg.drop_text_leakage: train = [i for i in train if i not in set(leaked)]
     s = {'train_clusters': [int(c) for c in train_cl], 'test_clusters': [int(c) for c in test], 'test_folds': folds,
          'train': train, 'fractions': nested_fractions(train, cluster, cfg.fractions, derive_seed(seed, 'fractions')),
          'seed': seed, 'rule': rule, 'cluster_sizes': {str(c): n for c, n in sizes.items()},
-         'unused_clusters': [int(c) for c in sizes if c not in set(test) | set(train_cl)],
-         'text_leakage': {'dropped': cfg.drop_text_leakage, 'train_utterances_sharing_a_test_sentence': len(leaked)}}
+         'unused_clusters': [int(c) for c in sizes if c not in set(test) | set(train_cl)], 'must_train_clusters': must,
+         'text_leakage': {'dropped': cfg.drop_text_leakage, 'train_utterances_sharing_a_test_sentence': len(leaked),
+                          'of_which_share_a_real_speech_sentence': len(leaked_real)}}
     check_splits(s, set(ids), cfg.min_fold_size, cfg.min_fraction_size)
     by_id = {u.id: u for u in utts}
     s['speaker_leakage'] = speaker_leakage(s, {u.id: u.speaker for u in utts})
@@ -219,7 +237,11 @@ def split_stage(run_dir, # run directory with corpus/manifest.jsonl, clustering/
     "Make `run_dir/splits.json` from the manifest and the chosen clustering; returns its content."
     run_dir = Path(run_dir); scfg = load_config(run_dir)
     utts = read_manifest(run_dir/'corpus'/'manifest.jsonl')
-    s = make_splits(utts, read_labels(run_dir/'clustering'/'labels.csv'), scfg.splits, derive_seed(scfg.seed, 'splits'))
+    real = real_speech_status(run_dir)
+    log.info(real_speech_note(real))
+    held = read_manifest(real['manifest']) if real['present'] else []
+    s = make_splits(utts, read_labels(run_dir/'clustering'/'labels.csv'), scfg.splits, derive_seed(scfg.seed, 'splits'), held)
+    s['real_speech'] = {'present': real['present'], 'utterances': len(held), 'reason': real['reason']}
     chosen = run_dir/'clustering'/'chosen.json'
     if chosen.exists(): s['clustering'] = read_json(chosen).get('name')
     write_json(run_path(run_dir, 'splits'), s)

@@ -13,7 +13,7 @@ import numpy as np, soundfile as sf, torch, torch.nn as nn, torch.nn.functional 
 from tqdm.auto import tqdm
 from .config import (config_section, load_config, write_json, read_json, config_hash, resolve_device, derive_seed,
                               resolve_source, report_progress, config_source)
-from .corpus import Utterance, read_manifest, decode_audio, normalize_text, SAMPLE_RATE, VOCAB_CHARS
+from .corpus import Utterance, read_manifest, decode_audio, normalize_text, SAMPLE_RATE, VOCAB_CHARS, real_speech_status, real_speech_note
 from .rundir import read_splits, run_path
 # the emission contract lives in `emissions`; its names stay importable from here for the chapters that still do
 from .emissions import (MFCC_SETTINGS, ctc_greedy_decode, cer, wer, student_mfcc, align_frames, EmissionCache,
@@ -22,10 +22,11 @@ from .masking import MaskSlot, masked_conformer
 
 # %% auto #0
 __all__ = ['log', 'PAPER_TEACHER', 'PAPER_REVISION', 'PRECISIONS', 'WIN', 'HOP', 'CONFORMER_ARCH', 'PROB_TOL', 'CACHE_FORMAT',
-           'TeacherConfig', 'set_threads', 'teacher_autocast', 'Teacher', 'ConformerCTC', 'HFCTC', 'hf_vocab',
-           'make_w2v2', 'weights_sha256', 'save_conformer', 'load_teacher', 'text_ids', 'train_ctc', 'file_sha256',
-           'build_teacher_model', 'obtain_teacher', 'precision_error', 'choose_precision', 'teacher_key',
-           'cache_manifests', 'cache_key', 'cache_emissions', 'check_frame_rate', 'teacher_cers', 'teacher_stage']
+           'CACHE_SETS', 'EXTRA_SETS', 'TeacherConfig', 'set_threads', 'teacher_autocast', 'Teacher', 'ConformerCTC',
+           'HFCTC', 'hf_vocab', 'make_w2v2', 'weights_sha256', 'save_conformer', 'load_teacher', 'text_ids',
+           'train_ctc', 'file_sha256', 'build_teacher_model', 'obtain_teacher', 'precision_error', 'choose_precision',
+           'teacher_key', 'cache_manifests', 'cache_key', 'cache_emissions', 'cache_set_ids', 'check_frame_rate',
+           'teacher_cers', 'teacher_stage']
 
 # %% ../nbs/03_teacher.ipynb #c006
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class TeacherConfig:
     precision: str = 'auto'      # cache pass: 'auto' (on CUDA fp16 or bf16 when within tolerance of fp32, else fp32), 'fp32', 'fp16', 'bf16'
     threads: int = 0             # CPU threads for torch (0 = every core this process may use)
     presets: ClassVar[dict] = {
-        'default': {'hidden': 192, 'num_layers': 4, 'ffn_dim': 768, 'max_steps': 900},
+        'default': {'hidden': 192, 'num_layers': 4, 'ffn_dim': 768, 'max_steps': 1500},   # 1500: real prose is longer and harder than commands
         'paper': {'source': PAPER_TEACHER, 'revision': PAPER_REVISION, 'eval_batch_size': 8},
     }
 
@@ -450,11 +451,13 @@ def teacher_key(identity:dict) -> dict:
     return {k: identity.get(k) for k in ('architecture', 'source', 'revision', 'commit')}
 
 # %% ../nbs/03_teacher.ipynb #h14x10
+CACHE_SETS = ('manifest.jsonl', 'ood_manifest.jsonl', 'real_manifest.jsonl')   # main, out-of-domain, real-speech test: cached in this order
+
 def cache_manifests(run_dir) -> list[Path]:
-    "The manifests whose utterances the cache holds, in order: main, then out-of-domain when present."
+    "The manifests whose utterances the cache holds, in order: main, then out-of-domain and the real-speech test set when present."
     c = Path(run_dir)/'corpus'
     if not (c/'manifest.jsonl').exists(): raise FileNotFoundError(f'{c/"manifest.jsonl"} is missing: run stage 00_corpus first')
-    return [p for p in (c/'manifest.jsonl', c/'ood_manifest.jsonl') if p.exists()]
+    return [c/m for m in CACHE_SETS if (c/m).exists()]
 
 def cache_key(identity:dict, manifests:list) -> dict:
     "What a cache is valid for: format, teacher, manifest hashes and student feature settings."
@@ -536,16 +539,28 @@ def cache_emissions(run_dir, # run directory (reads corpus manifests, writes cac
     probe = mid[max(0, len(mid) // 2 - batch_size // 2):][:batch_size]
     teacher.precision, checks = choose_precision(teacher, [decode_audio(utts[i].audio_filepath) for i in probe], precision)
     _fill_cache(d, utts, state, teacher, batch_size, progress)
-    n_main, frames = len(read_manifest(manifests[0])), state['frames']
+    n_of = {m.name: len(read_manifest(m)) for m in manifests}
+    n_main, frames = n_of['manifest.jsonl'], state['frames']
     idx = {'key': key, 'teacher': teacher.identity, 'vocab': teacher.vocab, 'blank_id': teacher.blank_id, 'ids': ids,
            'texts': [u.text for u in utts], 'frames': frames, 'offsets': np.concatenate([[0], np.cumsum(frames)]).astype(int)[:-1].tolist(),
-           'n_main': n_main, 'n_ood': len(ids) - n_main, 'build_s': state['build_s'], 'device': str(teacher.device),
+           'n_main': n_main, 'n_ood': n_of.get('ood_manifest.jsonl', 0),
+           'n_real': n_of.get('real_manifest.jsonl', 0), 'build_s': state['build_s'], 'device': str(teacher.device),
            'precision': teacher.precision, 'precision_checks': checks,
            'bytes': sum((d/f).stat().st_size for f in ('logprobs.npy', 'mfcc.npy'))}
     write_json(d/'index.json', idx)   # written last: its presence means a complete cache
     (d/'building.json').unlink()
     log.info('emission cache: %d utterances, %d frames, %.1f MB in %.0f s', len(ids), sum(frames), idx['bytes'] / 1e6, idx['build_s'])
     return idx
+
+# %% ../nbs/03_teacher.ipynb #tr01
+def cache_set_ids(cache:EmissionCache, # the emission cache
+                  name:str, # 'main', 'ood' (out-of-domain set) or 'real' (real-speech test set)
+                 ) -> list[str]:
+    "The utterance ids of one manifest held by the cache, in cache order ([] when the run has no such set)."
+    n_main, n_ood = cache.n_main, cache.n_ood
+    spans = {'main': (0, n_main), 'ood': (n_main, n_main + n_ood), 'real': (n_main + n_ood, len(cache.ids))}
+    if name not in spans: raise ValueError(f'cache set {name!r}; use one of {list(spans)}')
+    return list(cache.ids[slice(*spans[name])])
 
 # %% ../nbs/03_teacher.ipynb #h11t03
 def check_frame_rate(teacher:Teacher, # the loaded teacher
@@ -570,20 +585,23 @@ def check_frame_rate(teacher:Teacher, # the loaded teacher
     return rec
 
 # %% ../nbs/03_teacher.ipynb #c046
+EXTRA_SETS = {'ood': 'ood', 'real': 'real'}   # teacher.json key -> cache set scored beside the test folds (never pooled with them)
+
 def teacher_cers(cache:EmissionCache, # the emission cache
                  folds:dict, # fold name -> utterance ids (e.g. splits.json's test_folds)
                  n_examples:int=3, # reference/hypothesis pairs kept per fold
                  score=cer, # error rate of (references, hypotheses): `cer`, or `wer`
                 ) -> tuple[dict, list]:
-    "({fold: CER, 'test (pooled)': CER, 'ood': CER}, examples) from the cached emissions."
+    "({fold: CER, 'test (pooled)': CER, 'ood': CER, 'real': CER}, examples) from the cached emissions."
     folds = dict(folds)
-    if cache.n_ood: folds['ood'] = cache.ids[cache.n_main:]
+    for key, part in EXTRA_SETS.items():
+        if (ids := cache_set_ids(cache, part)): folds[key] = ids
     out, examples = {}, []
     for name, ids in folds.items():
         refs, hyps = [cache.text(u) for u in ids], [cache_hypothesis(cache, u) for u in ids]
         out[name] = round(score(refs, hyps), 5)
         examples += [{'fold': name, 'id': u, 'reference': r, 'hypothesis': h} for u, r, h in list(zip(ids, refs, hyps))[:n_examples]]
-    test_folds = [n for n in folds if n != 'ood']
+    test_folds = [n for n in folds if n not in EXTRA_SETS]
     test_ids = [u for n in test_folds for u in folds[n]]
     if len(test_folds) > 1:
         out['test (pooled)'] = round(score([cache.text(u) for u in test_ids], [cache_hypothesis(cache, u) for u in test_ids]), 5)
@@ -602,11 +620,14 @@ def teacher_stage(run_dir, # run directory with config.json, corpus/ and splits.
     splits = read_splits(run_dir) if run_path(run_dir, 'splits').exists() else {}
     folds = splits.get('test_folds') or {}
     if not folds: log.warning('%s has no test folds; the teacher is scored on the out-of-domain set only', run_dir/'splits.json')
+    real = real_speech_status(run_dir)
+    log.info(real_speech_note(real))
     cers, examples = teacher_cers(load_cache(run_dir), folds)
     report = {'identity': teacher.identity, 'parameters': teacher.n_params, 'vocab_size': len(teacher.vocab),
               'train_s': training['train_s'] if training else None, 'training': training, 'cer': cers,
               'wer': teacher_cers(load_cache(run_dir), folds, 0, wer)[0],
               'test_utterances': {k: len(v) for k, v in folds.items()}, 'ood_utterances': idx['n_ood'],
+              'real_utterances': idx.get('n_real', 0), 'real_speech': {**real, 'note': real_speech_note(real)},
               'cache': {'utterances': len(idx['ids']), 'frames': int(sum(idx['frames'])), 'bytes': idx['bytes'],
                         'build_s': idx['build_s'], 'precision': idx.get('precision', 'fp32')},
               'device': device, 'threads': threads, 'examples': examples}

@@ -5,9 +5,11 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-# System packages: eSpeak NG (embedded corpus), PostgreSQL (distributed-search test), Chromium (HTML report test).
+# System packages: eSpeak NG (embedded corpus), festvox-ru (its recorded speech) and fortunes-ru (its prose), PostgreSQL (distributed-search test), Chromium (HTML report test).
 need=()
 command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
+[ -f /usr/share/festival/voices/russian/msu_ru_nsh_clunits/etc/txt.done.data ] || need+=(festvox-ru)
+[ -d /usr/share/games/fortunes/ru ] || need+=(fortunes-ru)
 { command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || need+=(postgresql)
 { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; } || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then

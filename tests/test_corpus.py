@@ -1,4 +1,4 @@
-"Corpus: every rejection reason, both loaders of the real corpus, and deterministic synthesis."
+"Corpus: every rejection reason, both loaders of the real corpus, deterministic synthesis, recorded speech and the data card."
 import io, json
 from pathlib import Path
 import numpy as np, pytest, soundfile as sf
@@ -97,3 +97,89 @@ def test_synthesis_is_deterministic_and_speakers_known(tmp_path):
     # another seed gives other sentences
     other = build_corpus(CorpusConfig(n_utterances=12, n_speakers=4, n_ood=0, seed=4), tmp_path/'c')
     assert (tmp_path/'c'/'corpus'/'manifest.jsonl').read_text() != m1
+
+
+# --- recorded speech (festvox-ru) and the data card -------------------------------------------------------------------
+from asr_kd_nb.corpus import (fake_festvox, read_festvox_prompts, real_speech_candidates, real_speech_status, split_real_sentences,
+                              FESTVOX_RU_DIR, REAL_SPEAKER)
+
+FAKE_TEXTS = {f'ru_{i:04d}': t for i, t in enumerate([
+    'Корреспондент, американской газеты, проходя мимо.', 'Она завела, прядь волнистых вол+ос за ухо.',
+    'Со спок+ойным мужеством, ожидал всего.', 'В этом безумном г+ороде.', 'Ещё одна фраза, с ударением на +ё.',
+    'Солнце садилось за лесом.', 'Дети играли во дворе.', 'Ветер гнал облака на восток.'], 1)}
+
+def fake_config(tmp_path, **kw):
+    "A tiny embedded corpus with a fake festvox folder (8 recordings, one missing, one malformed line) and no prose."
+    fake_festvox(tmp_path/'voice', FAKE_TEXTS, seconds=1.5, missing=('ru_0008',), extra_lines=('( ru_0009 no quotes )',))
+    return CorpusConfig(**{'n_utterances': 4, 'n_speakers': 2, 'n_ood': 2, 'n_ood_speakers': 1, 'real_speech_dir': str(tmp_path/'voice'),
+                           'n_real_test': 3, 'n_real_train': 4, **kw})
+
+def test_festvox_reader_drops_stress_marks_and_counts_bad_lines(tmp_path):
+    fake_festvox(tmp_path/'v', FAKE_TEXTS, extra_lines=('garbage',))
+    p = read_festvox_prompts(tmp_path/'v'/'etc'/'txt.done.data')
+    assert [i for i, _, _ in p] == list(FAKE_TEXTS) + [None]
+    assert p[1][1] == 'Она завела, прядь волнистых волос за ухо.' and not any('+' in t for _, t, _ in p if t)
+    rep = build_corpus(fake_config(tmp_path), tmp_path/'run')
+    main = read_manifest(tmp_path/'run'/'corpus'/'manifest.jsonl')
+    real = read_manifest(tmp_path/'run'/'corpus'/'real_manifest.jsonl')
+    recorded = [u for u in main if u.source == 'festvox-ru']
+    assert recorded and all(u.speaker == REAL_SPEAKER for u in recorded + real)
+    assert all('+' not in u.text and u.text == u.text.lower() and ',' not in u.text for u in recorded + real)
+    assert 'еще одна фраза с ударением на е' in {u.text for u in recorded + real}       # normalised like every transcript
+    # the missing recording and the malformed line are counted rejections, not silent losses
+    rs = rep['real_speech']
+    reasons = {**rs['test']['rejected_by_reason']}
+    for k, v in rs['train']['rejected_by_reason'].items(): reasons[k] = reasons.get(k, 0) + v
+    assert reasons == {'missing file': 1, 'malformed manifest line': 1}
+    assert len(real) + len(recorded) + rs['unused_sentences'] + 1 == len(FAKE_TEXTS)
+    assert sf.info(recorded[0].audio_filepath).samplerate == 16000 and Path(recorded[0].audio_filepath).parent == tmp_path/'run'/'corpus'/'audio'
+
+def test_held_out_split_is_seeded_and_never_trained_on(tmp_path):
+    ids = [f'ru_{i:04d}' for i in range(1, 101)]
+    te, tr = split_real_sentences(ids, 20, 50, seed=7)
+    assert (te, tr) == split_real_sentences(ids, 20, 50, seed=7) and not set(te) & set(tr) and (len(te), len(tr)) == (20, 50)
+    assert split_real_sentences(ids, 20, 80, seed=7)[0] == te                       # more training sentences: the same test set
+    assert split_real_sentences(ids, 20, 50, seed=8)[0] != te
+    cfg = fake_config(tmp_path)
+    r1, r2 = real_speech_candidates(cfg), real_speech_candidates(cfg)
+    assert [c['id'] for c in r1['test']] == [c['id'] for c in r2['test']]
+    build_corpus(cfg, tmp_path/'run')
+    main = read_manifest(tmp_path/'run'/'corpus'/'manifest.jsonl')
+    real = read_manifest(tmp_path/'run'/'corpus'/'real_manifest.jsonl')
+    assert len(real) == 3 and not {u.id for u in real} & {u.id for u in main}
+    assert not {u.text for u in real} & {u.text for u in main}                       # no held-out sentence in the training pool
+
+def test_absent_festvox_is_logged_and_the_corpus_is_synthetic(tmp_path, caplog):
+    cfg = fake_config(tmp_path, real_speech_dir=str(tmp_path/'not-installed'))
+    with caplog.at_level('WARNING'):
+        rep = build_corpus(cfg, tmp_path/'run')
+    assert 'real-speech set absent' in caplog.text and 'synthetic corpus alone' in caplog.text
+    assert rep['real_speech']['present'] is False and 'not-installed' in rep['real_speech']['reason']
+    assert not (tmp_path/'run'/'corpus'/'real_manifest.jsonl').exists()
+    assert {u.source for u in read_manifest(tmp_path/'run'/'corpus'/'manifest.jsonl')} == {'embedded'}
+    st = real_speech_status(tmp_path/'run')
+    assert st['present'] is False and 'not-installed' in st['reason']
+    card = json.loads((tmp_path/'run'/'corpus'/'card.json').read_text())
+    assert card['totals']['recorded'] == {'utterances': 0, 'hours': 0.0} and 'festvox-ru' not in card['audio_sources']
+    assert 'Recorded speech: absent' in (tmp_path/'run'/'corpus'/'card.md').read_text()
+
+def test_data_card_sources_sizes_and_notice(tmp_path):
+    (tmp_path/'prose').mkdir()
+    (tmp_path/'prose'/'f').write_text('Тише едешь — дальше будешь.\n%\nКто рано встает, тому бог подает!\n%\nДобрые слова лечат сердце.\n')
+    build_corpus(fake_config(tmp_path, prose_dir=str(tmp_path/'prose'), prose_share=0.5), tmp_path/'run')
+    c = tmp_path/'run'/'corpus'
+    card, md = json.loads((c/'card.json').read_text()), (c/'card.md').read_text()
+    sets = {'main': read_manifest(c/'manifest.jsonl'), 'out-of-domain': read_manifest(c/'ood_manifest.jsonl'),
+            'real-speech test': read_manifest(c/'real_manifest.jsonl')}
+    for r in card['rows']:                                                          # every row counts what its manifest holds
+        us = [u for u in sets[r['set']] if u.source == r['source']]
+        assert r['utterances'] == len(us) and abs(r['hours'] - sum(u.duration for u in us) / 3600) < 1e-4
+    assert {(r['set'], r['kind']) for r in card['rows']} == {('main', 'synthetic'), ('main', 'recorded'), ('out-of-domain', 'synthetic'),
+                                                             ('real-speech test', 'recorded')}
+    assert set(card['text_sources']) == {'command grammar', 'out-of-domain grammar', 'prose', 'festvox-ru transcripts'}
+    assert card['prose_utterances'] == 2 and 'fortunes-ru' in md
+    fv = card['audio_sources']['festvox-ru']
+    assert fv['kind'] == 'recorded' and fv['copyright'] == 'Copyright (c) 2005 Nickolay V. Shmyrev' and fv['licence'] == 'BSD-like'
+    assert 'Nickolay V. Shmyrev  Copyright (c) 2005' in md and 'Any modifications must be clearly marked' in md
+    assert 'Modified: recordings decoded and rewritten as 16 kHz' in md and 'stress marks "+" removed' in md
+    assert card['audio_sources']['embedded']['kind'] == 'synthetic'

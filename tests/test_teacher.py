@@ -149,3 +149,26 @@ def test_stage_writes_report_and_reuses_cache(tmp_path, w2v2_dir):
     folds = {'cluster-0': ['u2', 'u3'], 'cluster-1': ['u4', 'u5'], 'ood': ['u6', 'u7'], 'test (pooled)': ['u2', 'u3', 'u4', 'u5']}
     for fold, ids in folds.items():                                      # the teacher's CER is cer() of its cached hypotheses
         assert r1['cer'][fold] == round(cer([cache.text(u) for u in ids], [cache_hypothesis(cache, u) for u in ids]), 5), fold
+
+
+def test_stage_scores_the_real_speech_set_like_the_out_of_domain_set(tmp_path, w2v2_dir):
+    "A run with a real-speech test set: the cache holds it after the out-of-domain set and teacher.json reports its CER and WER."
+    from asr_kd_nb.emissions import wer
+    from asr_kd_nb.teacher import cache_set_ids
+    run = tiny_run(tmp_path/'run', str(w2v2_dir))
+    ood = read_manifest(run/'corpus'/'ood_manifest.jsonl')
+    write_manifest(ood[:1], run/'corpus'/'ood_manifest.jsonl'); write_manifest(ood[1:], run/'corpus'/'real_manifest.jsonl')
+    write_json(run/'corpus'/'report.json', {'real_speech': {'present': True, 'reason': '', 'stats': {'utterances': 1}}})
+    r = teacher_stage(run, progress=False)
+    cache = load_cache(run)
+    assert cache_set_ids(cache, 'ood') == ['u6'] and cache_set_ids(cache, 'real') == ['u7']
+    assert set(r['cer']) == {'cluster-0', 'cluster-1', 'ood', 'real', 'test (pooled)'} and r['real_utterances'] == 1
+    hyp = [cache_hypothesis(cache, 'u7')]
+    assert r['cer']['real'] == round(cer([cache.text('u7')], hyp), 5) and r['wer']['real'] == round(wer([cache.text('u7')], hyp), 5)
+    assert r['cer']['test (pooled)'] == round(cer([cache.text(u) for u in ('u2', 'u3', 'u4', 'u5')],
+                                                  [cache_hypothesis(cache, u) for u in ('u2', 'u3', 'u4', 'u5')]), 5)   # never pooled with it
+    assert r['real_speech']['present'] and r['real_speech']['note'].startswith('real-speech test set: 1 recorded')
+    (run/'corpus'/'real_manifest.jsonl').unlink()                       # the absent case: rebuilt without it, and said so
+    write_json(run/'corpus'/'report.json', {'real_speech': {'present': False, 'reason': 'festvox-ru not installed'}})
+    r0 = teacher_stage(run, progress=False)
+    assert 'real' not in r0['cer'] and r0['real_utterances'] == 0 and 'festvox-ru not installed' in r0['real_speech']['note']
