@@ -77,7 +77,7 @@ def test_synthetic_objective_that_ignores_the_data_agrees(tmp_path):
     assert math.isclose(s['per_fraction']['0.3']['spearman_rho'], 1.0) and s['per_fraction']['0.3']['top_k_recall'] == 1
 
 
-def _toy_cache(run_dir: Path, n_main=24, n_ood=8, seed=0):
+def _toy_cache(run_dir: Path, n_main=28, n_ood=8, seed=0):
     "A small emission cache in the teacher stage's on-disk format (random linear 'teacher' over random MFCCs)."
     rng = np.random.default_rng(seed)
     vocab = ['<pad>', ' ', 'а', 'б', 'в']
@@ -93,7 +93,8 @@ def _toy_cache(run_dir: Path, n_main=24, n_ood=8, seed=0):
                                 'texts': ['аб ва'] * len(ids), 'frames': frames, 'offsets': offsets, 'n_main': n_main, 'n_ood': n_ood})
     main = ids[:n_main]
     write_json(run_dir/'splits.json', {'train': main[:16], 'fractions': {'0': {'1.0': main[:16], '0.5': main[:8], '0.3': main[:5]}}, 'subset_seeds': [0],
-                                       'test_folds': {'cluster-0': main[16:20], 'cluster-1': main[20:]}, 'seed': 0})
+                                       'test_folds': {'cluster-0': main[16:20], 'cluster-1': main[20:24]}, 'dev_folds': {'cluster-2': main[24:]},
+                                       'seed': 0})
 
 
 @pytest.fixture(scope='module')
