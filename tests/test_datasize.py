@@ -54,7 +54,7 @@ def _synthetic_run(tmp_path, objective, fractions=(1.0, 0.3)):
                                        'kd': {'seeds': [1]},
                                        'datasize': {'long_epochs': 0, 'workers': 2, 'bootstrap': 300, 'panel_size': 8}}), run)
     ids = [f'u{i:02d}' for i in range(20)]
-    write_json(run/'splits.json', {'train': ids, 'fractions': {'1.0': ids, '0.3': ids[:6]}, 'test_folds': {'c': ['x']}})
+    write_json(run/'splits.json', {'train': ids, 'fractions': {'0': {'1.0': ids, '0.3': ids[:6]}}, 'subset_seeds': [0], 'test_folds': {'c': ['x']}})
     os.environ['ASR_KD_DRY_RUN_SECONDS'] = '0'
     for f in fractions: search_stage(run, f, workers=2, objective=objective)
     return run, datasize_stage(run)
@@ -77,7 +77,7 @@ def test_synthetic_objective_that_ignores_the_data_agrees(tmp_path):
     assert math.isclose(s['per_fraction']['0.3']['spearman_rho'], 1.0) and s['per_fraction']['0.3']['top_k_recall'] == 1
 
 
-def _toy_cache(run_dir: Path, n_main=24, n_ood=8, seed=0):
+def _toy_cache(run_dir: Path, n_main=28, n_ood=8, seed=0):
     "A small emission cache in the teacher stage's on-disk format (random linear 'teacher' over random MFCCs)."
     rng = np.random.default_rng(seed)
     vocab = ['<pad>', ' ', 'а', 'б', 'в']
@@ -92,8 +92,9 @@ def _toy_cache(run_dir: Path, n_main=24, n_ood=8, seed=0):
     write_json(d/'index.json', {'key': {'toy': True}, 'teacher': {'architecture': 'toy'}, 'ids': ids, 'vocab': vocab, 'blank_id': 0,
                                 'texts': ['аб ва'] * len(ids), 'frames': frames, 'offsets': offsets, 'n_main': n_main, 'n_ood': n_ood})
     main = ids[:n_main]
-    write_json(run_dir/'splits.json', {'train': main[:16], 'fractions': {'1.0': main[:16], '0.5': main[:8], '0.3': main[:5]},
-                                       'test_folds': {'cluster-0': main[16:20], 'cluster-1': main[20:]}, 'seed': 0})
+    write_json(run_dir/'splits.json', {'train': main[:16], 'fractions': {'0': {'1.0': main[:16], '0.5': main[:8], '0.3': main[:5]}}, 'subset_seeds': [0],
+                                       'test_folds': {'cluster-0': main[16:20], 'cluster-1': main[20:24]}, 'dev_folds': {'cluster-2': main[24:]},
+                                       'seed': 0})
 
 
 @pytest.fixture(scope='module')
@@ -104,8 +105,8 @@ def toy_run(tmp_path_factory):
                                  'datasize': {'panel_size': 2, 'long_epochs': 1, 'curve_points': 2, 'workers': 2, 'bootstrap': 200}})
     save_config(cfg, run)
     _toy_cache(run)
-    write_json(run/'splits.json', {**read_json(run/'splits.json'), 'fractions': {'1.0': read_json(run/'splits.json')['train'],
-                                                                                    '0.5': read_json(run/'splits.json')['train'][:8]}})
+    write_json(run/'splits.json', {**read_json(run/'splits.json'), 'fractions': {'0': {'1.0': read_json(run/'splits.json')['train'],
+                                                                                    '0.5': read_json(run/'splits.json')['train'][:8]}}})
     for f in (1.0, 0.5): search_stage(run, f)
     return {'run': run, 'summary': datasize_stage(run)}
 
