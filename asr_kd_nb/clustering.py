@@ -449,8 +449,8 @@ def check_chosen(row:dict, # the chosen sweep row
     raise ValueError(f'the chosen clustering {row["name"]} ({row["algorithm"]}: {params}; clustering.choose={cfg.choose!r}) found '
                      f'{row["k"]} cluster(s) (silhouette {row["silhouette"]}), fewer than the {asked} asked for'
                      f' or the {need} the splits need (test folds from splits.n_test_folds or '
-                     f'splits.test_clusters, plus training clusters); {fix}, or choose another clustering.algorithm, '
-                     f'or lower splits.n_test_folds')
+                     f'splits.test_clusters, plus splits.n_dev_folds dev folds and training clusters); {fix}, or choose another clustering.algorithm, '
+                     f'or lower splits.n_test_folds or splits.n_dev_folds')
 
 # %% ../nbs/01_clustering.ipynb #c034
 def exact_knn(X:np.ndarray, k:int=15, block:int=2048) -> tuple[np.ndarray, np.ndarray]:

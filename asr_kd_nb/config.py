@@ -460,8 +460,8 @@ def require_run_dir(run_dir=None, # the notebook's `run_dir` parameter
 # %% ../nbs/00_config.ipynb #h14d02
 def clusters_needed(splits, # `SplitsConfig`, or the raw `splits` dict of a config.json
                    ) -> int:
-    "The fewest clusters a clustering must have for these splits: test folds plus training clusters, and every named id."
+    "The fewest clusters a clustering must have for these splits: test folds, dev folds and training clusters, and every named id."
     get = splits.get if isinstance(splits, dict) else lambda k, d: getattr(splits, k, d)
     test, train = list(get('test_clusters', [])), list(get('train_clusters', []))
-    n = (len(test) or get('n_test_folds', 1)) + (len(train) or 1)
+    n = (len(test) or get('n_test_folds', 1)) + get('n_dev_folds', 0) + (len(train) or 1)
     return max([n] + [c + 1 for c in test + train])

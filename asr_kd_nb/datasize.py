@@ -14,8 +14,9 @@ import numpy as np, pandas as pd
 import optuna
 from optuna.trial import TrialState
 from scipy.stats import qmc
-from .config import config_section, load_config, read_json, write_json, derive_seed, resolve_device, config_hash, report_progress
-from .rundir import frac_key, fraction_ids, test_folds, read_splits, finished_studies, read_trials, run_path
+from .config import config_section, config_check, require, load_config, read_json, write_json, derive_seed, resolve_device, config_hash, report_progress
+from .rundir import frac_key, fraction_ids, test_folds, dev_folds, subset_seeds, finished_studies, read_trials, run_path
+import asr_kd_nb.splits   # registers the splits section: fractions and subset seeds
 from .conformer import StudentHParams, build_student, count_parameters
 from .kd import TrainingDiverged, train_student, evaluate_fold, geometric_mean, run_parallel, budget_steps
 from .search import (HPARAMS, parse_space, paper_trials, hparams_from_params, load_scorer_factory, storage_url, default_storage,
@@ -23,11 +24,11 @@ from .search import (HPARAMS, parse_space, paper_trials, hparams_from_params, lo
 from .report import run_card, save_figure
 
 # %% auto #0
-__all__ = ['log', 'TABLE_STUDY', 'FRAME_S', 'CER_COLUMNS', 'TABLE_SCHEMA', 'TABLE_COLUMNS', 'DatasizeConfig', 'table_cost',
-           'unit_hparams', 'table_panel', 'job_key', 'table_jobs', 'table_plan', 'AudioMeter', 'budget_marks',
-           'train_checkpoints', 'dev_folds_of', 'training_ids', 'real_speech_ids', 'eval_sets', 'score_sets',
-           'kd_table_job', 'synthetic_table_job', 'job_runner', 'train_and_score', 'enqueue_jobs', 'job_states',
-           'table_worker', 'table_frame', 'write_table', 'table_stage', 'table_facts', 'live_searches',
+__all__ = ['log', 'TABLE_STUDY', 'FRAME_S', 'CER_COLUMNS', 'TABLE_SCHEMA', 'TABLE_COLUMNS', 'DatasizeConfig', 'table_seeds_drawn',
+           'table_cost', 'unit_hparams', 'table_panel', 'job_key', 'table_jobs', 'table_plan', 'AudioMeter',
+           'budget_marks', 'train_checkpoints', 'dev_folds_of', 'training_ids', 'real_speech_ids', 'eval_sets',
+           'score_sets', 'kd_table_job', 'synthetic_table_job', 'job_runner', 'train_and_score', 'enqueue_jobs',
+           'job_states', 'table_worker', 'table_frame', 'write_table', 'table_stage', 'table_facts', 'live_searches',
            'plot_learning_curves', 'analyse', 'conclusion', 'analysis_figures', 'datasize_stage']
 
 # %% ../nbs/07_datasize.ipynb #c006
@@ -40,13 +41,13 @@ class DatasizeConfig:
     "The table: M quasi-random configurations (+ the paper's four) × fractions × seeds, each training scored at budget checkpoints."
     panel_size: int = 2            # M: quasi-random configurations (scrambled Sobol points of the search space)
     panel_paper: bool = True       # the paper's four best configurations (scaled to the space) join as extra rows marked `paper`
-    table_seeds: list = field(default_factory=lambda: [1, 2])   # S: seed s trains with seed s on subset seed s's nested subsets
+    table_seeds: list = field(default_factory=lambda: [0, 1])   # S: seed s trains with seed s on subset seed s's nested subsets (`splits.subset_seeds`)
     checkpoints: list = field(default_factory=lambda: [0.5, 1.0, 2.0])   # budgets scored along one training (× the trial budget)
     workers: int = 0               # local worker processes (0: `search.workers`, else one per core, `search.workers_per_device` per GPU)
     objective: str = ''            # the table job 'module:function'; '' = KD training (`kd_table_job`)
     presets: ClassVar[dict] = {
         'default': {'panel_size': 24, 'checkpoints': [0.25, 0.5, 1.0, 2.0]},
-        'full': {'panel_size': 96, 'table_seeds': [1, 2, 3], 'checkpoints': [0.25, 0.5, 1.0, 2.0, 4.0]},
+        'full': {'panel_size': 96, 'table_seeds': [0, 1, 2], 'checkpoints': [0.25, 0.5, 1.0, 2.0, 4.0]},
         'paper': {'panel_size': 24, 'checkpoints': [0.25, 0.5, 1.0, 2.0, 4.0], 'workers': 1},
     }
 
@@ -62,6 +63,12 @@ class DatasizeConfig:
             raise ValueError(f'datasize.checkpoints={self.checkpoints}: give increasing budgets > 0 that include 1 (the trial budget)')
         if int(self.workers) < 0: raise ValueError(f'datasize.workers={self.workers} must be >= 0 (0: every core)')
         self.table_seeds, self.checkpoints = seeds, b
+
+@config_check
+def table_seeds_drawn(cfg):
+    "Every table seed is a subset seed of the splits: seed s trains on the subsets subset seed s drew."
+    require(set(cfg.datasize.table_seeds) <= set(cfg.splits.subset_seeds), 'datasize.table_seeds', cfg.datasize.table_seeds,
+            f'seeds of splits.subset_seeds={cfg.splits.subset_seeds}')
 
 # %% ../nbs/07_datasize.ipynb #c007b
 def table_cost(cfg, # a `StudyConfig`
@@ -184,16 +191,14 @@ def train_checkpoints(hp:StudentHParams, # the configuration
 # %% ../nbs/07_datasize.ipynb #c022
 def dev_folds_of(run_dir) -> tuple[dict, str]:
     "(dev folds, their source): `splits.json`'s dev folds, else its test folds standing in (logged)."
-    from asr_kd_nb import rundir
-    d = rundir.dev_folds(run_dir) if hasattr(rundir, 'dev_folds') else dict(read_splits(run_dir).get('dev_folds') or {})
+    d = dev_folds(run_dir)
     if d: return dict(d), 'dev folds'
     log.warning('%s has no dev folds: the test folds stand in for selection', run_path(run_dir, 'splits'))
     return test_folds(run_dir), 'test folds (splits.json has no dev folds)'
 
 def training_ids(run_dir, fraction, seed:int) -> list:
-    "The training utterances of `fraction` drawn by subset seed `seed` (one draw for all seeds where splits.json has one)."
-    try: return fraction_ids(run_dir, fraction, seed=int(seed))
-    except TypeError: return fraction_ids(run_dir, fraction)   # a splits chapter without per-seed subsets
+    "The training utterances of `fraction` that subset seed `seed` drew (`rundir.fraction_ids`)."
+    return fraction_ids(run_dir, fraction, seed=int(seed))
 
 def real_speech_ids(run_dir, cache) -> list:
     "Ids of `corpus/real_manifest.jsonl` that the emission cache holds ([] when there is no such set)."
@@ -430,8 +435,8 @@ def table_stage(run_dir, # run directory
     run_dir = str(Path(run_dir).resolve()); cfg = load_config(run_dir); sc, dc = cfg.search, cfg.datasize
     devs = worker_devices(resolve_device(cfg.device), int(workers or dc.workers or sc.workers), sc.workers_per_device)
     panel, plan = table_plan(run_dir)
-    seeds = read_splits(run_dir).get('subset_seeds')
-    if seeds is not None and not set(dc.table_seeds) <= {int(s) for s in seeds}:
+    seeds = subset_seeds(run_dir)
+    if not set(dc.table_seeds) <= set(seeds):
         raise ValueError(f'datasize.table_seeds={dc.table_seeds} must be subset seeds of {run_path(run_dir, "splits")} ({seeds}): '
                          'set the splits section to draw them')
     log.info('Stage datasize: %d configurations × %d fractions × %d seeds = %d jobs on %d local workers',
@@ -539,6 +544,7 @@ def datasize_stage(run_dir, # run directory (config, splits, teacher cache; the 
                                 for p in ('default', 'full')} if rate else {}
     summary.update(preset=cfg.preset, seed=cfg.seed, fractions=[frac_key(f) for f in sorted(cfg.splits.fractions, reverse=True)],
                    table=facts, selection_set=dev_folds_of(run_dir)[1], card=run_card(run_dir))
+    for f in summary['fractions']: summary['per_fraction'].setdefault(f, {})   # every fraction has an entry, measured or not
     summary['conclusion'] = conclusion(summary)
     summary['figures'] = analysis_figures(table, summary, out)
     summary['wall_s'] = round(time.time() - t0, 1)

@@ -10,8 +10,8 @@ from .config import read_json
 
 # %% auto #0
 __all__ = ['RUN_PATHS', 'run_path', 'frac_key', 'frac_label', 'split_frac_label', 'study_key', 'parse_study_key', 'study_dir',
-           'fraction_summary_path', 'stage_notebook', 'read_splits', 'fraction_ids', 'test_folds', 'read_trials',
-           'finished_studies']
+           'fraction_summary_path', 'stage_notebook', 'read_splits', 'subset_seeds', 'fraction_ids', 'subset_seed',
+           'test_folds', 'dev_folds', 'select_on', 'selection_folds', 'read_trials', 'finished_studies']
 
 # %% ../nbs/00_rundir.ipynb #c006
 RUN_PATHS = {'config': 'config.json', 'corpus': 'corpus', 'manifest': 'corpus/manifest.jsonl', 'corpus_report': 'corpus/report.json',
@@ -80,16 +80,54 @@ def read_splits(run_dir) -> dict:
     st = p.stat()
     return _splits_cached(str(p.resolve()), st.st_mtime_ns, st.st_size)
 
-def fraction_ids(run_dir, fraction) -> list:
-    "The training utterance ids of `fraction` (the whole training set for 1.0 when splits.json lists no fractions)."
-    s, k = read_splits(run_dir), frac_key(fraction)
-    ids = s.get('fractions', {}).get(k) or (s.get('train') if k == '1.0' else None)
-    if not ids: raise ValueError(f'fraction {k} is not in {run_path(run_dir, "splits")} (available: {sorted(s.get("fractions", {}))})')
+def subset_seeds(run_dir) -> list[int]:
+    "The subset seeds of `splits.json`, each with its own nested fractions ([0] when it lists no fractions)."
+    s = read_splits(run_dir)
+    fr = s.get('fractions')
+    if fr and any(isinstance(v, list) for v in fr.values()):
+        raise ValueError(f'{run_path(run_dir, "splits")} lists fractions without subset seeds (an older layout): rerun stage 02_splits')
+    return [int(x) for x in s.get('subset_seeds', [0])]
+
+def fraction_ids(run_dir, fraction, # a data fraction in (0, 1]
+                 seed:int|None=None, # a subset seed of splits.json; None = the first
+                ) -> list:
+    "The training utterance ids of `fraction` drawn by subset seed `seed` (the whole training set for 1.0 when splits.json lists no fractions)."
+    s, k, seeds = read_splits(run_dir), frac_key(fraction), subset_seeds(run_dir)
+    seed = seeds[0] if seed is None else int(seed)
+    if seed not in seeds: raise ValueError(f'subset seed {seed} is not in {run_path(run_dir, "splits")} (subset_seeds: {seeds})')
+    drawn = (s.get('fractions') or {}).get(str(seed), {})
+    ids = drawn.get(k) or (s.get('train') if k == '1.0' else None)
+    if not ids: raise ValueError(f'fraction {k} is not in {run_path(run_dir, "splits")} (available: {sorted(drawn)})')
     return list(ids)
 
+def subset_seed(run_dir, replicate:int) -> int:
+    "The subset seed whose subsets replicate search `replicate` trains on: `subset_seeds[replicate % len]`."
+    if int(replicate) < 0: raise ValueError(f'replicate={replicate} must be >= 0')
+    seeds = subset_seeds(run_dir)
+    return seeds[int(replicate) % len(seeds)]
+
 def test_folds(run_dir) -> dict:
-    "Fold name → utterance ids of the held-out speaker clusters."
+    "Fold name → utterance ids of the held-out speaker clusters every reported CER is scored on."
     return dict(read_splits(run_dir).get('test_folds') or {})
+
+def dev_folds(run_dir) -> dict:
+    "Fold name → utterance ids of the held-out speaker clusters that selection reads (disjoint from training and test)."
+    return dict(read_splits(run_dir).get('dev_folds') or {})
+
+def select_on(run_dir) -> str:
+    "Which folds the run selects on: 'dev', or 'test' where config.json says `search.select_on='test'` (the paper's way)."
+    p = run_path(run_dir, 'config')
+    if not p.exists(): raise FileNotFoundError(f'{p} is missing: a run directory is made by `asr-kd run`')
+    return read_json(p).get('search', {}).get('select_on', 'dev')
+
+def selection_folds(run_dir) -> dict:
+    "The folds a search's objective and every choice of a best read: the dev folds, or the test folds where the config selects on test."
+    on = select_on(run_dir)
+    if on not in ('dev', 'test'): raise ValueError(f"search.select_on={on!r} in {run_path(run_dir, 'config')}: 'dev' or 'test'")
+    folds = dev_folds(run_dir) if on == 'dev' else test_folds(run_dir)
+    if not folds: raise ValueError(f"{run_path(run_dir, 'splits')} has no {on} folds to select on: set splits.n_dev_folds >= 1 "
+                                   f"(or search.select_on='test') and rerun stage 02_splits")
+    return folds
 
 # %% ../nbs/00_rundir.ipynb #c019
 def read_trials(run_dir, fraction, replicate:int=0):

@@ -165,7 +165,7 @@ def test_two_replicate_studies_sample_differently(tmp_path):
     from asr_kd_nb.search import search_worker
     from asr_kd_nb.rundir import read_trials
     run = make_run(tmp_path/'run', 5, replicates=2)
-    write_json(run/'splits.json', {'train': ['a', 'b'], 'fractions': {'1.0': ['a', 'b'], '0.5': ['a']}, 'test_folds': {}})
+    write_json(run/'splits.json', {'train': ['a', 'b'], 'fractions': {'0': {'1.0': ['a', 'b'], '0.5': ['a']}}, 'subset_seeds': [0], 'test_folds': {}})
     os.environ['ASR_KD_DRY_RUN_SECONDS'] = '0'
     firsts = []
     for f, r in ((1.0, 0), (1.0, 1), (0.5, 0)):
