@@ -493,6 +493,12 @@ def _parser() -> argparse.ArgumentParser:
                        description='Print the teacher\'s and the KD baseline\'s CER/WER, each fraction\'s best search result and '
                        'the compute of two or more runs side by side, then the config keys in which the runs differ.')
     c.add_argument('runs', nargs='+', metavar='RUN_DIR', help='two or more run directories')
+    w = sub.add_parser('power', help="print a design's coverage, false-verdict rates and power, by simulation, before the run",
+                       description='Simulate studies at the sizes of a preset (M configurations, seeds, the primary n) with its '
+                       'prior noise levels, and print the coverage of the intervals, the rates of false "worse" and false '
+                       '"within", the power at 2δ and the smallest difference detected with 80 % power.')
+    from asr_kd_nb.verdicts import add_power_args   # the options live with the analysis they size
+    add_power_args(w)
     return p
 
 # %% ../nbs/11_pipeline.ipynb #h11p02
@@ -535,6 +541,9 @@ def main(argv:list|None=None) -> int:
         if a.cmd == 'lab':
             import subprocess
             return subprocess.call(lab_command(extra=a.jupyter_args), cwd=nbs_dir().parent)
+        if a.cmd == 'power':
+            from asr_kd_nb.verdicts import power_command
+            print(power_command(a.preset, a.config, a.simulations, a.seed), flush=True); return 0
         if a.cmd == 'compare':
             print(compare_runs(a.runs)); return 0
         if a.cmd == 'search':
