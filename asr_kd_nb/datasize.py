@@ -22,14 +22,16 @@ from .kd import TrainingDiverged, train_student, evaluate_fold, geometric_mean, 
 from .search import (HPARAMS, parse_space, paper_trials, hparams_from_params, load_scorer_factory, storage_url, default_storage,
                      open_storage, StudyLock, worker_devices, pin_device, _coord, _from_coord, _quiet)
 from .report import run_card, save_figure
+from .verdicts import (VerdictsConfig, analyse_table, verdict_text, plot_regret_by_n, plot_regret_cpu, plot_verdict_grid,
+                               plot_learning_curves)
 
 # %% auto #0
-__all__ = ['log', 'TABLE_STUDY', 'FRAME_S', 'CER_COLUMNS', 'TABLE_SCHEMA', 'TABLE_COLUMNS', 'DatasizeConfig', 'table_seeds_drawn',
-           'table_cost', 'unit_hparams', 'table_panel', 'job_key', 'table_jobs', 'table_plan', 'AudioMeter',
-           'budget_marks', 'train_checkpoints', 'dev_folds_of', 'training_ids', 'real_speech_ids', 'eval_sets',
-           'score_sets', 'kd_table_job', 'synthetic_table_job', 'job_runner', 'train_and_score', 'enqueue_jobs',
-           'job_states', 'table_worker', 'table_frame', 'write_table', 'table_stage', 'table_facts', 'live_searches',
-           'plot_learning_curves', 'analyse', 'conclusion', 'analysis_figures', 'datasize_stage']
+__all__ = ['log', 'TABLE_STUDY', 'FRAME_S', 'CER_COLUMNS', 'TABLE_SCHEMA', 'TABLE_COLUMNS', 'FIGURES', 'DatasizeConfig',
+           'table_seeds_drawn', 'table_cost', 'unit_hparams', 'table_panel', 'job_key', 'table_jobs', 'table_plan',
+           'AudioMeter', 'budget_marks', 'train_checkpoints', 'dev_folds_of', 'training_ids', 'real_speech_ids',
+           'eval_sets', 'score_sets', 'kd_table_job', 'synthetic_table_job', 'job_runner', 'train_and_score',
+           'enqueue_jobs', 'job_states', 'table_worker', 'table_frame', 'write_table', 'table_stage', 'table_facts',
+           'live_searches', 'analysis_figures', 'datasize_stage']
 
 # %% ../nbs/07_datasize.ipynb #c006
 log = logging.getLogger(__name__)
@@ -478,75 +480,41 @@ def live_searches(run_dir) -> dict:
     for f in out: out[f]['cost_ratio'] = out[f]['cpu_s'] / out['1.0']['cpu_s'] if out.get('1.0', {}).get('cpu_s') else None
     return out
 
-# %% ../nbs/07_datasize.ipynb #c039
-def plot_learning_curves(table:pd.DataFrame, # the table
-                         path, # PNG to write
-                         top:int=3, # configurations per fraction (best dev CER at budget 1, mean over seeds)
-                        ) -> Path:
-    "Test CER against epochs of each fraction's `top` configurations (mean over seeds, band min–max), one panel per fraction."
-    import matplotlib; matplotlib.use('Agg', force=False); import matplotlib.pyplot as plt
-    fr = sorted(table.fraction.unique(), reverse=True)
-    fig, axes = plt.subplots(1, len(fr), figsize=(4 * len(fr), 3.2), sharey=True, squeeze=False)
-    for ax, f in zip(axes[0], fr):
-        d = table[table.fraction == f]
-        best = d[d.budget == 1.0].groupby('config').dev_cer.mean().nsmallest(top).index
-        for c in best:
-            g = d[d.config == c].groupby('budget').agg(epochs=('epochs', 'mean'), cer=('test_cer', 'mean'), lo=('test_cer', 'min'), hi=('test_cer', 'max'))
-            ax.plot(g.epochs, g.cer, marker='o', label=c); ax.fill_between(g.epochs, g.lo, g.hi, alpha=0.2)
-        ax.set_title(f'{float(f):.0%} of the data'); ax.set_xlabel('epochs over the fraction'); ax.legend(fontsize=7)
-    axes[0][0].set_ylabel('test CER (geometric mean over folds)')
-    fig.suptitle('Learning curves of the best configurations on dev, per fraction')
-    return save_figure(fig, path)
-
 # %% ../nbs/07_datasize.ipynb #c041
-def _verdicts():
-    "The analysis chapter's module, or None where it is not installed."
-    try: import asr_kd_nb.verdicts as v
-    except ImportError: return None
-    return v
+FIGURES = {   # file -> figure of the analysis chapter, from (table, summary)
+    'regret_by_n.png': lambda table, s: plot_regret_by_n(s),
+    'regret_cpu.png': lambda table, s: plot_regret_cpu(s),
+    'verdict_grid.png': lambda table, s: plot_verdict_grid(s),
+    'learning_curves.png': lambda table, s: plot_learning_curves(table),
+}
 
-def analyse(table:pd.DataFrame, cfg) -> dict:
-    "The analysis chapter's summary of `table` (`analyse_table`), or a note that none was computed."
-    v = _verdicts()
-    if v is None: return {'per_fraction': {}, 'analysis': 'not computed: the verdicts chapter (asr_kd_nb.verdicts) is not installed'}
-    vc = getattr(cfg, 'verdicts', None) or v.VerdictsConfig()
-    return dict(v.analyse_table(table, vc, cfg.seed))
-
-def conclusion(summary:dict) -> str:
-    "The generated conclusion (`verdict_text`), or what is missing."
-    v = _verdicts()
-    return v.verdict_text(summary) if v is not None and summary.get('per_fraction') else \
-        'No verdict: the table was written, but the analysis (asr_kd_nb.verdicts) did not run.'
-
-def analysis_figures(table:pd.DataFrame, summary:dict, out:Path) -> list[str]:
-    "The analysis chapter's figures (each `plot_*(table, summary, path)` it has), then the learning curves; the names written."
-    names, v = [], _verdicts()
-    for name in sorted(n for n in dir(v) if n.startswith('plot_')) if v is not None else []:
-        try: names.append(Path(getattr(v, name)(table, summary, out/f'{name[5:]}.png')).name)
-        except Exception as e: log.warning('figure %s not drawn: %s: %s', name, type(e).__name__, e)
-    if table.test_cer.notna().any(): names.append(plot_learning_curves(table, out/'learning_curves.png').name)
-    return names
+def analysis_figures(table:pd.DataFrame, summary:dict, out:Path) -> tuple[list[str], dict]:
+    "Draw `FIGURES` into `out`: (the names written, {name: why not} for those that could not be drawn, logged)."
+    names, missing = [], {}
+    for name, draw in FIGURES.items():
+        try: names.append(save_figure(draw(table, summary), out/name).name)
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            missing[name] = f'{type(e).__name__}: {e}'[:300]; log.warning('figure %s not drawn: %s', name, missing[name])
+    return names, missing
 
 def datasize_stage(run_dir, # run directory (config, splits, teacher cache; the searches are shown when done)
                   ) -> dict:
-    "Build the table, analyse it; writes datasize/{table.csv,table.md,jobs.csv}, report/{summary.json,conclusion.md,*.png}; the summary."
+    "Build the table and analyse it (`verdicts.analyse_table`); writes datasize/*, report/{summary.json,conclusion.md,*.png}; the summary."
     t0, run_dir = time.time(), Path(run_dir).resolve(); cfg = load_config(run_dir)
     table, jobs = table_stage(run_dir)
     out = run_path(run_dir, 'report'); out.mkdir(parents=True, exist_ok=True)
-    summary = analyse(table, cfg)
-    live = live_searches(run_dir)
-    for f, s in live.items(): summary['per_fraction'].setdefault(f, {}).update({'live_search': s, **s})
+    summary = dict(analyse_table(table, getattr(cfg, 'verdicts', None) or VerdictsConfig(), cfg.seed))
     facts = table_facts(table, jobs)
     n_eval = sum(len(v) for v in test_folds(run_dir).values()) + sum(len(v) for v in dev_folds_of(run_dir)[0].values())
     from asr_kd_nb.config import study_config
     rate = facts['cost']['s_per_utterance_epoch']
     facts['cost_prediction'] = {p: table_cost(study_config(p), len(fraction_ids(run_dir, 1.0)), n_eval, rate)
                                 for p in ('default', 'full')} if rate else {}
-    summary.update(preset=cfg.preset, seed=cfg.seed, fractions=[frac_key(f) for f in sorted(cfg.splits.fractions, reverse=True)],
-                   table=facts, selection_set=dev_folds_of(run_dir)[1], card=run_card(run_dir))
-    for f in summary['fractions']: summary['per_fraction'].setdefault(f, {})   # every fraction has an entry, measured or not
-    summary['conclusion'] = conclusion(summary)
-    summary['figures'] = analysis_figures(table, summary, out)
+    summary.update(preset=cfg.preset, seed=cfg.seed, table=facts, selection_set=dev_folds_of(run_dir)[1], card=run_card(run_dir),
+                   fractions=sorted(summary.get('per_fraction', {}), key=float, reverse=True),   # the fractions with a verdict
+                   live_searches=live_searches(run_dir))   # the TPE searches (the paper's method), beside the table's answer
+    summary['conclusion'] = verdict_text(summary)
+    summary['figures'], summary['figures_not_drawn'] = analysis_figures(table, summary, out)
     summary['wall_s'] = round(time.time() - t0, 1)
     (out/'conclusion.md').write_text(summary['conclusion'] + '\n', encoding='utf-8')
     write_json(out/'summary.json', _clean(summary))

@@ -37,7 +37,10 @@ def test_smoke_table_has_the_shared_columns_a_learning_curve_and_per_seed_subset
     assert len((d/'datasize'/'table.md').read_text().strip().splitlines()) >= len(TABLE_COLUMNS)
     s = read_json(d/'report'/'summary.json')
     assert s['table']['jobs'] == len(plan) and s['table']['cost']['cpu_s_per_audio_s'] > 0
-    assert s['fractions'] == ['1.0', '0.5'] and s['conclusion']
+    assert s['fractions'] == ['0.5'] and s['conclusion'] and math.isfinite(s['margin'])
+    v = s['per_fraction']['0.5']
+    assert v['verdict'] in ('within', 'worse', 'cannot tell') and v['regret_by_n'] and 'coverage' in s['calibration']
+    assert {'verdict_grid.png', 'learning_curves.png'} <= set(s['figures'])
 
 
 def _toy_cache(run_dir: Path, n_main=28, n_ood=8, seed=0):
