@@ -280,13 +280,13 @@ def train_and_score(run_dir, # run directory
                     fraction, # data fraction whose training ids it trains on
                     seed:int, # the student's seed
                    ) -> dict:
-    "One student of `hp` on `fraction` at the trial budget, scored by the search objective: {gmean, cers, steps, train_ids, cpu_s}."
+    "One student of `hp` on `fraction` at the trial budget, scored as a search trial: {gmean (selection folds), test_cer, cers, steps, train_ids, cpu_s}."
     run_dir, c0 = str(Path(run_dir).resolve()), time.process_time()
     scorer = _scorer(run_dir, frac_key(fraction), config_hash(read_json(run_path(run_dir, 'config'))))
     try: out = scorer(dict(hp), lambda *report: None, seeds=[int(seed)])
     except TrainingDiverged as e: out = {'gmean': float('nan'), 'reason': str(e)[:300]}
     return {'gmean': float(out['gmean']), 'cers': {k: float(v) for k, v in (out.get('cers') or {}).items()},
-            'steps': out.get('steps'), 'train_ids': out.get('train_ids'), 'fraction': frac_key(fraction),
+            'test_cer': out.get('test_cer'), 'steps': out.get('steps'), 'train_ids': out.get('train_ids'), 'fraction': frac_key(fraction),
             'cpu_s': round(time.process_time() - c0, 3), **({'reason': out['reason']} if 'reason' in out else {})}
 
 # %% ../nbs/07_datasize.ipynb #c028

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .config import config_section, derive_seed, read_json, write_json, resolve_device, report_progress
 from .conformer import StudentHParams, PAPER_BEST, build_student, count_parameters, scale_hparams, N_MFCC
 from .teacher import ctc_greedy_decode, cer, cache_hypothesis, set_threads
-from .rundir import read_splits, fraction_ids
+from .rundir import read_splits, fraction_ids, dev_folds
 
 # %% auto #0
 __all__ = ['log', 'LOSS_MODES', 'PROTOCOLS', 'BUDGETS', 'CER_FLOOR', 'TrainingDiverged', 'KDConfig', 'valid_mask', 'kd_loss',
@@ -282,7 +282,7 @@ def checkpoint_steps(steps:int, # a student's budget
 # %% ../nbs/05_kd.ipynb #c031
 def run_protocol(hp:StudentHParams, # student hyperparameters (already scaled, see `scale_hparams`)
                  cache, # emission cache
-                 splits:dict, # contents of splits.json (its `test_folds` are scored)
+                 splits:dict, # contents of splits.json (its `test_folds` are scored unless `folds` is given)
                  kd_cfg:KDConfig, # budget, loss, protocol, seeds
                  train_ids:list[str], # training utterances (a data fraction of splits['train'])
                  device:str='cpu',
@@ -292,11 +292,19 @@ def run_protocol(hp:StudentHParams, # student hyperparameters (already scaled, s
                  seeds:list|None=None, # train these seeds instead of `kd_cfg.seeds`
                  scale:float=1.0, # budget multiplier (2: each student trains twice as long)
                  checkpoints:int=1, # reports per student ('independent'): after each 1/checkpoints of its budget
+                 folds:dict|None=None, # fold name -> ids scored for the objective (gmean, reports); None: splits['test_folds']
+                 also_score:dict|None=None, # {'test': {fold: ids}}: folds scored once per trained student, outside the objective
                 ) -> dict:
-    "Train and score students by `kd_cfg.protocol`: dict(gmean, cers={'seed-S/FOLD': cer}, steps, utterances, cpu_s, wall_s)."
+    "Train and score students by `kd_cfg.protocol`: dict(gmean, cers={'seed-S/FOLD': cer}, steps, utterances, cpu_s, wall_s), plus NAME_cers and NAME_gmean per `also_score` set."
     hp.validate()
-    folds = dict(splits['test_folds'])
-    if not folds: raise ValueError('splits has no test_folds')
+    folds = dict(splits['test_folds'] if folds is None else folds)
+    if not folds: raise ValueError('no folds to score: splits has no test_folds and no folds were given')
+    also = {k: dict(v) for k, v in (also_score or {}).items()}
+    if (empty := [k for k, v in also.items() if not v]): raise ValueError(f'also_score sets {empty} hold no folds')
+    also_cers = {k: {} for k in also}
+    def _also(seed, student):   # the folds reported beside the objective: scored at the end of a student, never reported to a pruner
+        for k, fs in also.items():
+            for f, ids in fs.items(): also_cers[k][f'seed-{seed}/{f}'] = evaluate_fold(student, cache, ids, kd_cfg.eval_batch_size, device)[0]
     seeds = list(seeds or kd_cfg.seeds)
     n_steps = budget_steps(kd_cfg, len(train_ids), hp.minibatch_size, scale)
     t0, c0, cers, steps, seen = time.time(), time.process_time(), {}, 0, 0
@@ -316,6 +324,7 @@ def run_protocol(hp:StudentHParams, # student hyperparameters (already scaled, s
             r = train_student(hp, cache, train_ids, kd_cfg, seed, n_steps, device=device, progress=progress,
                               on_step=on_step if len(marks) > 1 else None)
             steps += r.steps; seen += r.utterances
+            _also(seed, r.student)
             hyps = _score(i * len(marks) + len(marks) - 1, seed, r.student, list(folds))
             if history is not None: history.append({'seed': seed, 'folds': list(folds), 'losses': r.losses, 'train_s': r.wall_s,
                                                     'student': r.student, 'hyps': hyps})
@@ -328,8 +337,11 @@ def run_protocol(hp:StudentHParams, # student hyperparameters (already scaled, s
             hyps = _score(k, seed, student, [f])
             if history is not None: history.append({'seed': seed, 'folds': [f], 'losses': r.losses, 'train_s': r.wall_s,
                                                     'student': student, 'hyps': hyps})
-    return dict(gmean=geometric_mean(cers.values()), cers=cers, steps=steps, utterances=seen,
-                cpu_s=time.process_time() - c0, wall_s=time.time() - t0)
+        if student is not None: _also(seed, student)   # one student trained on across folds: its final state
+    out = dict(gmean=geometric_mean(cers.values()), cers=cers, steps=steps, utterances=seen,
+               cpu_s=time.process_time() - c0, wall_s=time.time() - t0)
+    for k, v in also_cers.items(): out[f'{k}_cers'], out[f'{k}_gmean'] = v, geometric_mean(v.values())
+    return out
 
 # %% ../nbs/05_kd.ipynb #c033d
 def available_cores() -> int:
@@ -380,14 +392,15 @@ def run_parallel(fn:Callable, # module-level function called as fn(*job)
 def baseline_student(run_dir, # run directory with splits.json and the teacher cache
                      seed:int, # the student's seed
                     ) -> dict:
-    "The KD stage's baseline: the paper's 100 % configuration (scaled), `kd.baseline_steps` steps on the whole training set."
+    "The KD stage's baseline: the paper's 100 % configuration (scaled), `kd.baseline_steps` steps on the whole training set, scored on the test folds (and the dev folds beside them)."
     from asr_kd_nb.config import load_config
     from asr_kd_nb.teacher import load_cache
     cfg = load_config(run_dir); kd_cfg = replace(cfg.kd, budget='steps', steps=cfg.kd.baseline_steps)
     hp, cache, device = scale_hparams(PAPER_BEST['1.0'], cfg.conformer), load_cache(run_dir), resolve_device(cfg.device)
     history = []
+    dev = dev_folds(run_dir)
     res = run_protocol(hp, cache, read_splits(run_dir), kd_cfg, fraction_ids(run_dir, 1.0), device, history=history, seeds=[seed],
-                       progress=True)   # its steps reach `asr-kd run`'s console through the progress file (see `report_progress`)
+                       progress=True, also_score={'dev': dev} if dev else None)   # its steps reach `asr-kd run`'s console through the progress file (see `report_progress`)
     for h in history: h['student'] = {k: v.cpu() for k, v in h['student'].state_dict().items()}
     return {**res, 'history': history, 'threads': torch.get_num_threads()}
 

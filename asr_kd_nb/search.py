@@ -5,7 +5,7 @@ prunable, and shared by any number of workers on any number of machines."""
 
 # %% ../nbs/06_search.ipynb #c001
 from __future__ import annotations
-import argparse, contextlib, fcntl, functools, hashlib, importlib, importlib.util, logging, math, os, re, socket, sys, time, warnings
+import argparse, contextlib, fcntl, functools, hashlib, importlib, importlib.util, inspect, logging, math, os, re, socket, sys, time, warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,19 +13,20 @@ from typing import Callable, ClassVar
 import numpy as np, pandas as pd
 import optuna
 from optuna.trial import TrialState
-from .config import config_section, section_preset, load_config, read_json, write_json, derive_seed, resolve_device
+from .config import config_section, section_preset, load_config, read_json, write_json, derive_seed, resolve_device, config_check, require
 from .conformer import StudentHParams, ConformerConfig, PAPER_BEST, InvalidHParams
 from .rundir import (frac_key, frac_label, study_key, study_dir, fraction_ids, read_splits, fraction_summary_path,
-                              finished_studies, read_trials)
+                              finished_studies, read_trials, selection_folds, select_on, test_folds, subset_seed)
 
 # %% auto #0
-__all__ = ['log', 'HPARAMS', 'PRUNERS', 'INSTANCE_PRUNERS', 'PAPER_SPACE_SPEC', 'fraction_key', 'study_name', 'Dimension',
-           'parse_dimension', 'dimension_values', 'parse_space', 'scale_space', 'scale_point', 'SearchConfig',
-           'suggest_hparams', 'hparams_from_params', 'paper_trials', 'kd_scorer', 'dry_run_scorer',
-           'load_scorer_factory', 'shifting_scorer', 'instance_value', 'trial_objective', 'storage_url',
-           'default_storage', 'public_url', 'StudyLock', 'open_storage', 'make_pruner', 'trial_counts', 'sampler_seed',
-           'search_worker', 'worker_devices', 'pin_device', 'search_stage', 'trials_table', 'study_figures',
-           'export_study', 'add_worker_args', 'worker_main']
+__all__ = ['log', 'HPARAMS', 'SELECT_ON', 'PRUNERS', 'INSTANCE_PRUNERS', 'PAPER_SPACE_SPEC', 'fraction_key', 'study_name',
+           'Dimension', 'parse_dimension', 'dimension_values', 'parse_space', 'scale_space', 'scale_point',
+           'SearchConfig', 'objective_name', 'selection_has_dev_folds', 'suggest_hparams', 'hparams_from_params',
+           'paper_trials', 'kd_scorer', 'dry_run_scorer', 'make_scorer', 'load_scorer_factory', 'shifting_scorer',
+           'instance_value', 'trial_objective', 'storage_url', 'default_storage', 'public_url', 'StudyLock',
+           'open_storage', 'make_pruner', 'trial_counts', 'sampler_seed', 'search_worker', 'worker_devices',
+           'pin_device', 'search_stage', 'trials_table', 'study_figures', 'export_study', 'add_worker_args',
+           'worker_main']
 
 # %% ../nbs/06_search.ipynb #c006
 log = logging.getLogger(__name__)
@@ -158,6 +159,7 @@ def scale_point(point:dict, # nine hyperparameter values in `from_space`
     return out
 
 # %% ../nbs/06_search.ipynb #c018
+SELECT_ON = ('dev', 'test')   # the folds a search may select on (`search.select_on`)
 _SMOKE_SPACE = {'hidden_layer_size': '2**int[3..6]', 'ffn_dim': '2**int[2..7]', 'num_heads': '2**int[1..3]',
                 'num_layers': 'int[1..2]', 'depthwise_conv_kernel_size': 'int[3..11] step 2', 'kernel_size': 'int[3..10]',
                 'dropout': 'float[0.1..0.5]', 'minibatch_size': 'int[4..16]', 'learning_rate': 'float[1e-06..0.01] log'}
@@ -201,6 +203,7 @@ class SearchConfig:
     max_failures: int = 10             # exception-failed trials after which workers stop with an error
     poll_seconds: float = 5.0          # how often an idle worker checks for dead workers while others finish
     objective: str = ''                # scorer factory 'module:function'; '' = the KD objective (`kd_scorer`)
+    select_on: str = 'dev'             # folds the objective (every selection) reads: 'dev' clusters, or 'test' (the paper's way)
     presets: ClassVar[dict] = {
         'default': {'space': {'hidden_layer_size': '2**int[4..7]', 'ffn_dim': '2**int[3..8]', 'num_heads': '2**int[1..3]',
                               'num_layers': 'int[2..3]', 'depthwise_conv_kernel_size': 'int[3..11] step 2',
@@ -215,12 +218,13 @@ class SearchConfig:
                             'kernel_size': 'int[3..10]', 'dropout': 'float[0.1..0.5]', 'minibatch_size': 'int[4..16]',
                             'learning_rate': 'float[1e-6..1e-2] log'},
                   'n_trials': 50, 'replicates': 1, 'enqueue_paper': False, 'sampler_startup_trials': 10, 'pruner': 'none',
-                  'heartbeat_interval': 60, 'grace_period': 300},
+                  'heartbeat_interval': 60, 'grace_period': 300, 'select_on': 'test'},   # the paper chose and reported on its test clusters
     }
 
     def __post_init__(self):
         parse_space(self.space)
         if self.pruner not in PRUNERS: raise ValueError(f'search.pruner={self.pruner!r}; choose one of {sorted(PRUNERS)}')
+        require(self.select_on in SELECT_ON, 'search.select_on', self.select_on, f'one of {SELECT_ON}: the folds every selection reads')
         if self.checkpoints < 1: raise ValueError(f'search.checkpoints={self.checkpoints} must be >= 1')
         if self.reduction_factor < 2: raise ValueError(f'search.reduction_factor={self.reduction_factor} must be >= 2')
         if self.workers_per_device < 0: raise ValueError(f'search.workers_per_device={self.workers_per_device} must be >= 0')
@@ -231,6 +235,21 @@ class SearchConfig:
         if not 1 <= self.heartbeat_interval < self.grace_period:
             raise ValueError(f'search.heartbeat_interval={self.heartbeat_interval} must be >= 1 and below '
                              f'search.grace_period={self.grace_period}')
+
+# %% ../nbs/06_search.ipynb #h19q01
+def objective_name(select_on:str, # 'dev' or 'test' (`search.select_on`)
+                  ) -> str:
+    "The name of a study's objective (optuna-dashboard's metric name): 'gmean CER, dev clusters'."
+    require(select_on in SELECT_ON, 'search.select_on', select_on, f'one of {SELECT_ON}')
+    return f'gmean CER, {select_on} clusters'
+
+@config_check
+def selection_has_dev_folds(cfg):
+    "Selecting on dev (`search.select_on='dev'`) needs dev folds (`splits.n_dev_folds >= 1`)."
+    sp = getattr(cfg, 'splits', None)   # absent when the splits chapter is not loaded
+    if cfg.search.select_on == 'dev' and sp is not None:
+        require(sp.n_dev_folds >= 1, 'splits.n_dev_folds', sp.n_dev_folds,
+                "at least 1 while search.select_on='dev' (every selection reads the dev folds); or set search.select_on='test'")
 
 # %% ../nbs/06_search.ipynb #c022
 def suggest_hparams(trial:optuna.Trial, # the trial that samples
@@ -268,22 +287,27 @@ study_name = study_key    # fraction and replicate (spelt by `rundir.study_key`)
 def kd_scorer(run_dir, # run directory with splits.json and the teacher cache
               fraction:float, # data fraction whose training utterances are used
               cfg, # the run's `StudyConfig`
+              subset_seed:int|None=None, # whose nested subsets to train on (`splits.subset_seeds`); None: the first
              ) -> Callable[[dict, Callable], dict]:
-    "The KD objective: `run_protocol` of the kd stage on the fraction's training utterances, for the kd budget (epochs)."
+    "The KD objective: `run_protocol` of the kd stage on the fraction's training utterances, for the kd budget (epochs), scored on the selection folds; the test folds' CER beside it."
     from asr_kd_nb.kd import run_protocol, checkpoint_steps, budget_steps
     from asr_kd_nb.teacher import load_cache, set_threads
     from asr_kd_nb.conformer import build_student, count_parameters
     set_threads(int(os.environ.get('ASR_KD_THREADS') or cfg.kd.threads))   # a local stage worker's share, else kd.threads
-    splits, train_ids = read_splits(run_dir), fraction_ids(run_dir, fraction)
+    splits, train_ids = read_splits(run_dir), fraction_ids(run_dir, fraction, subset_seed)
+    folds, on_test = selection_folds(run_dir), select_on(run_dir) == 'test'
+    also = None if on_test else {'test': test_folds(run_dir)}
     cache, device = load_cache(run_dir), resolve_device(cfg.device)
     kd_cfg = cfg.kd if not cfg.search.steps else replace(cfg.kd, budget='steps', steps=cfg.search.steps)
     def score(hp:dict, report:Callable, seeds:list|None=None, scale:float=1.0) -> dict:
         h = StudentHParams(**hp).validate()
         out = dict(run_protocol(h, cache, splits, kd_cfg, train_ids, device, report=report, seeds=seeds, scale=scale,
-                                 checkpoints=cfg.search.checkpoints))
-        return {**out, 'train_ids': len(train_ids), 'n_params': count_parameters(build_student(h, len(cache.vocab)))}
+                                 checkpoints=cfg.search.checkpoints, folds=folds, also_score=also))
+        test = (out['cers'], out['gmean']) if on_test else (out.pop('test_cers'), out.pop('test_gmean'))
+        return {**out, 'test_cers': test[0], 'test_cer': test[1], 'train_ids': len(train_ids), 'subset_seed': subset_seed,
+                'n_params': count_parameters(build_student(h, len(cache.vocab)))}
     def n_reports(hp:dict) -> int:   # reports of one trial: per seed, its checkpoints (fewer when the budget has fewer steps)
-        if kd_cfg.protocol != 'independent': return len(splits['test_folds'])
+        if kd_cfg.protocol != 'independent': return len(folds)
         return len(kd_cfg.seeds) * len(checkpoint_steps(budget_steps(kd_cfg, len(train_ids), hp['minibatch_size']), cfg.search.checkpoints))
     score.n_reports = n_reports
     return score
@@ -299,9 +323,20 @@ def dry_run_scorer(run_dir, fraction:float, cfg) -> Callable[[dict, Callable], d
             time.sleep(pause)
             cers[f'seed-{i}/{fold}'] = c = base * (1 + 0.05 * math.sin(7 * i + hp['kernel_size']))
             logs.append(math.log(c)); report(i, math.exp(sum(logs) / len(logs)))
-        return {'gmean': math.exp(sum(logs) / len(logs)), 'cers': cers, 'steps': 0}
+        test = {f'seed-0/test-{k}': base * (1.1 + 0.05 * math.cos(3 * k + hp['num_layers'])) for k in range(2)}   # reported, not selected on
+        return {'gmean': math.exp(sum(logs) / len(logs)), 'cers': cers, 'steps': 0, 'test_cers': test,
+                'test_cer': math.exp(sum(map(math.log, test.values())) / len(test))}
     score.n_reports = 4
     return score
+
+def make_scorer(factory:Callable, # a scorer factory
+                run_dir, fraction:float, cfg,
+                replicate:int=0, # the replicate search: it trains on the subsets of subset seed `rundir.subset_seed(run_dir, replicate)`
+               ) -> tuple[Callable, int|None]:
+    "(scorer, subset seed): a factory with a `subset_seed` parameter gets the replicate's; one without (it reads no subsets) gets (run_dir, fraction, cfg) and None."
+    if 'subset_seed' not in inspect.signature(factory).parameters: return factory(run_dir, fraction, cfg), None
+    s = subset_seed(run_dir, replicate)
+    return factory(run_dir, fraction, cfg, subset_seed=s), s
 
 def load_scorer_factory(objective): # a factory, 'module:function', or '' / None for `kd_scorer`
     "The scorer factory named by `objective`."
@@ -313,9 +348,9 @@ def load_scorer_factory(objective): # a factory, 'module:function', or '' / None
     except (ImportError, AttributeError) as e: raise ValueError(f'objective {objective!r} cannot be loaded: {e}') from None
 
 # %% ../nbs/06_search.ipynb #h14c06j
-def shifting_scorer(run_dir, fraction:float, cfg) -> Callable[[dict, Callable], dict]:
+def shifting_scorer(run_dir, fraction:float, cfg, subset_seed:int|None=None) -> Callable[[dict, Callable], dict]:
     "A synthetic objective (no training) whose best learning rate moves with the fraction, so rankings differ between fractions."
-    f, n = float(fraction_key(fraction)), len(fraction_ids(run_dir, fraction))
+    f, n = float(fraction_key(fraction)), len(fraction_ids(run_dir, fraction, subset_seed))
     def score(hp:dict, report:Callable, seeds:list|None=None, scale:float=1.0) -> dict:
         best_lr = -2.5 - 2.5 * (1 - f)            # log10 of the best learning rate: 1e-2.5 on 100 %, 1e-4.25 on 30 %
         base = 0.15 + 0.06 * (math.log10(hp['learning_rate']) - best_lr) ** 2 + 0.02 * abs(math.log2(hp['hidden_layer_size']) - 5)
@@ -325,11 +360,12 @@ def shifting_scorer(run_dir, fraction:float, cfg) -> Callable[[dict, Callable], 
             cers[f'seed-{s}/fold-a'] = base + noise
             report(i, math.exp(sum(map(math.log, cers.values())) / len(cers)))
         steps = len(cers) * math.ceil(cfg.kd.epochs * scale * n / hp['minibatch_size'])
+        test = {k.replace('fold-a', 'test-a'): v * 1.05 for k, v in cers.items()}   # the reported folds: a little harder, same ranking
         return {'gmean': math.exp(sum(map(math.log, cers.values())) / len(cers)), 'cers': cers, 'steps': steps,
-                'utterances': round(len(cers) * cfg.kd.epochs * scale * n), 'train_ids': n}
+                'utterances': round(len(cers) * cfg.kd.epochs * scale * n), 'train_ids': n, 'subset_seed': subset_seed,
+                'test_cers': test, 'test_cer': math.exp(sum(map(math.log, test.values())) / len(test))}
     score.n_reports = len(cfg.kd.seeds)
     return score
-
 
 # %% ../nbs/06_search.ipynb #c028
 def instance_value(i:int, # 0-based index of the newest student
@@ -378,7 +414,7 @@ def trial_objective(scorer:Callable, # hp dict, report -> {'gmean': ..., ...}
         except Exception as e:
             trial.set_user_attr('reason', f'{type(e).__name__}: {e}'[:500]); raise
         finally: trial.set_user_attr('cpu_s', round(time.process_time() - c0, 3))   # pruned and failed trials cost too
-        for k in ('cers', 'steps', 'utterances', 'train_ids', 'wall_s', 'n_params'):
+        for k in ('cers', 'steps', 'utterances', 'train_ids', 'wall_s', 'n_params', 'test_cer', 'test_cers', 'subset_seed'):
             if k in out: trial.set_user_attr(k, out[k])
         g = float(out['gmean'])
         if not math.isfinite(g):
@@ -536,12 +572,14 @@ def search_worker(run_dir, # run directory (config.json; splits.json and the tea
     url, name = storage_url(storage or sc.storage or default_storage(run_dir)), study_name(fraction, replicate)
     dims, lock = parse_space(sc.space), StudyLock(url, name)
     try:
+        scorer, seed = make_scorer(load_scorer_factory(objective if objective is not None else sc.objective), run_dir, fraction, cfg, replicate)
         with lock:
             study = optuna.create_study(storage=open_storage(url, sc), study_name=name, direction='minimize',
                                         pruner=make_pruner(sc), load_if_exists=True)
             study.set_user_attr('space', sc.space); study.set_user_attr('fraction', fraction_key(fraction))
-            study.set_user_attr('replicate', int(replicate))
-        scorer = load_scorer_factory(objective if objective is not None else sc.objective)(run_dir, fraction, cfg)
+            study.set_user_attr('replicate', int(replicate)); study.set_user_attr('subset_seed', seed)
+            study.set_user_attr('select_on', sc.select_on)
+            with _quiet(): study.set_metric_names([objective_name(sc.select_on)])   # what optuna-dashboard calls the objective
         def start(trial):
             trial.study.sampler = _sampler(sc, cfg.seed, fraction, replicate, trial.number)
             lock.release()
@@ -568,7 +606,6 @@ def search_worker(run_dir, # run directory (config.json; splits.json and the tea
         summary = export_study(study, study_dir(run_dir, fraction, replicate), url, n) if export else {'counts': dict(c)}
         return {**summary, 'ran': ran}
     finally: lock.close()
-
 
 # %% ../nbs/06_search.ipynb #c035b
 def worker_devices(device:str, # the resolved device: 'cpu', 'cuda' (every visible GPU) or 'cuda:N' (that one)
@@ -618,6 +655,7 @@ def search_stage(run_dir, # run directory (config, splits, teacher cache)
         if c['finished'] < sc.n_trials: raise RuntimeError(f'{study.study_name}: {c["finished"]} of {sc.n_trials} trials finished; rerun to resume')
         reps.append(export_study(study, study_dir(run_dir, fraction, r), url, sc.n_trials))
     summary = {'fraction': fraction_key(fraction), 'replicates': len(reps), 'workers': w, 'studies': [s['study'] for s in reps],
+               'select_on': sc.select_on, 'objective': objective_name(sc.select_on), 'subset_seeds': {s['study']: s['subset_seed'] for s in reps},
                'trials_per_worker': ran, 'cpu_s': sum(s['cpu_s'] for s in reps), 'wall_s': round(time.time() - t0, 1),
                'best': {s['study']: s['best'] for s in reps}}
     write_json(fraction_summary_path(run_dir, fraction), summary)
@@ -625,7 +663,7 @@ def search_stage(run_dir, # run directory (config, splits, teacher cache)
 
 # %% ../nbs/06_search.ipynb #c037
 def trials_table(study:optuna.Study) -> pd.DataFrame:
-    "One row per trial: state, value, hyperparameters, per-fold CERs, duration, size, reason."
+    "One row per trial: state, value (on the selection folds), hyperparameters, per-fold CERs, test CER, duration, size, reason."
     dims = parse_space(study.user_attrs.get('space') or SearchConfig().space)
     rows = []
     for t in study.get_trials(deepcopy=False):
@@ -640,6 +678,8 @@ def trials_table(study:optuna.Study) -> pd.DataFrame:
                'cpu_s': t.user_attrs.get('cpu_s'),
                'students_scored': len(t.intermediate_values), **{n: hp.get(n) for n in HPARAMS},
                **{f'cer:{k}': v for k, v in (t.user_attrs.get('cers') or {}).items()},
+               'test_cer': t.user_attrs.get('test_cer'), **{f'test_cer:{k}': v for k, v in (t.user_attrs.get('test_cers') or {}).items()},
+               'subset_seed': t.user_attrs.get('subset_seed', study.user_attrs.get('subset_seed')),
                'enqueued': t.user_attrs.get('enqueued', ''),
                'retried_from': retried,
                'reason': t.user_attrs.get('reason', ''), 'worker': t.user_attrs.get('worker', '')}
@@ -700,11 +740,14 @@ def export_study(study:optuna.Study, # a loaded study
         b = done.loc[done.gmean_cer.idxmin()]
         t = study.trials[int(b.number)]
         best = {'number': int(b.number), 'gmean_cer': float(b.gmean_cer), 'hp': {n: b[n].item() if hasattr(b[n], 'item') else b[n] for n in HPARAMS},
-                'cers': t.user_attrs.get('cers'), 'n_params': t.user_attrs.get('n_params'), 'steps': t.user_attrs.get('steps'),
+                'cers': t.user_attrs.get('cers'), 'test_cer': t.user_attrs.get('test_cer'), 'test_cers': t.user_attrs.get('test_cers'),
+                'n_params': t.user_attrs.get('n_params'), 'steps': t.user_attrs.get('steps'),
                 'duration_s': float(b.duration_s), 'enqueued': t.user_attrs.get('enqueued', '')}
     paper = [{'label': r.enqueued, 'number': int(r.number), 'state': r.state,
               'gmean_cer': None if pd.isna(r.gmean_cer) else float(r.gmean_cer)} for r in df[df.enqueued != ''].itertuples()]
+    on = study.user_attrs.get('select_on', 'test')   # studies made before dev folds existed selected on the test folds
     summary = {'study': study.study_name, 'fraction': study.user_attrs.get('fraction'), 'replicate': study.user_attrs.get('replicate'),
+               'select_on': on, 'objective': objective_name(on), 'subset_seed': study.user_attrs.get('subset_seed'),
                'storage': public_url(url) if url else '', 'cpu_s': float(df.cpu_s.fillna(0).sum()),
                'n_trials': n_trials, 'counts': {k: int(v) for k, v in c.items()},
                'compute_s': float(df.duration_s.fillna(0).sum()), 'best': best, 'paper_configurations': paper,

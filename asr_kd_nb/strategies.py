@@ -522,17 +522,17 @@ def synthetic_factory(run_dir) -> Scorer:
 
 # %% ../nbs/10_strategies.ipynb #s077b
 def datasize_results(run_dir) -> dict:
-    "(hp_key, seed) -> the data-size table's student on 100 % at the trial budget: {'gmean': test CER, 'cpu_s', 'steps'}."
+    "(hp_key, seed) -> the data-size table's student on 100 % at the trial budget: {'gmean': CER on the selection folds, 'cpu_s', 'steps'}."
     p = run_path(run_dir, 'table')
     if not p.exists(): return {}
     t = pd.read_csv(p)
     t = t[(t.fraction == 1.0) & (t.budget == 1.0)]
-    out = {(hp_key(r), int(r['seed'])): {'gmean': r['test_cer'], 'cpu_s': r['cpu_s'], 'steps': r['steps']} for r in t.to_dict('records')}
+    out = {(hp_key(r), int(r['seed'])): {'gmean': r['dev_cer'], 'cpu_s': r['cpu_s'], 'steps': r['steps']} for r in t.to_dict('records')}
     if out: log.info('%s: %d full-data results reusable', p, len(out))
     return out
 
 def kd_factory(run_dir) -> Scorer:
-    "The KD objective: one student on the fraction for the epoch budget, CER on the test folds; the data-size table's 100 % students reused."
+    "The KD objective: one student on the fraction for the epoch budget, CER on the selection folds; the data-size table's 100 % students reused."
     from asr_kd_nb.datasize import train_and_score
     done = datasize_results(run_dir)
     def score(hp:dict, fraction:float, seed:int) -> dict:

@@ -149,3 +149,16 @@ def test_paper_preset_is_the_original_objective():
     kd = section_preset(KDConfig, 'paper').validate()
     assert (kd.loss, kd.protocol, kd.budget, kd.epochs, kd.seeds) == ('paper', 'paper', 'epochs', 1.0, [42, 24, 0, 98])
     assert section_preset(KDConfig, 'default').loss == 'correct' and section_preset(KDConfig, 'default').budget == 'epochs'
+
+
+def test_selection_folds_and_reported_folds(toy, splits):
+    "The objective (and every report a pruner sees) reads `folds`; `also_score` folds are scored once per student beside it."
+    dev = {'cluster-2': toy.ids[25:30]}
+    seen = []
+    res = run_protocol(HP, toy, splits, KDConfig(budget='steps', steps=5, seeds=[1, 2]), toy.ids[:25], folds=dev,
+                       also_score={'test': splits['test_folds']}, report=lambda i, v, folds: seen.append(sorted(folds)))
+    assert sorted(res['cers']) == ['seed-1/cluster-2', 'seed-2/cluster-2'] and seen == [['cluster-2'], ['cluster-2']]
+    assert sorted(res['test_cers']) == [f'seed-{s}/cluster-{c}' for s in (1, 2) for c in (0, 1)]
+    assert res['test_gmean'] == pytest.approx(geometric_mean(res['test_cers'].values()))
+    plain = run_protocol(HP, toy, splits, KDConfig(budget='steps', steps=5, seeds=[1, 2]), toy.ids[:25])
+    assert plain['cers'] == res['test_cers']          # the same students: the test CER does not depend on what is selected on

@@ -1,6 +1,8 @@
 """Reliability of the hyperparameter search (asr_kd_nb.search): resume after a killed worker, several workers on one local
 study, and workers sharing a real PostgreSQL server. Workers are real subprocesses running the worker command
-(`asr_kd_nb.search.worker_main`) with the dry-run scorer, so only the study machinery is exercised, not the KD training."""
+(`asr_kd_nb.search.worker_main`) with the dry-run scorer, so only the study machinery is exercised, not the KD training; the
+selection tests at the end run the KD objective in-process on a toy cache (dev folds selected on, test CER beside it, a
+subset seed per replicate)."""
 import glob, os, shutil, subprocess, sys, time
 from pathlib import Path
 import pandas as pd
@@ -190,3 +192,71 @@ def test_paper_preset_is_the_original_search():
     assert d.search.replicates >= 2 and d.kd.loss == 'correct' and d.kd.budget == 'epochs'
     assert not d.search.enqueue_paper and not f.search.enqueue_paper   # no configuration shared by every search (07's panel holds the paper's)
     assert f.search.replicates >= 3 and f.search.n_trials >= 30 and f.datasize.panel_size >= 24
+
+
+def toy_kd_run(tmp_path, select_on='dev', replicates=2):
+    "A smoke-config run on a toy emission cache with dev and test folds and two subset seeds whose 0.5 subsets differ."
+    from asr_kd_nb.config import write_json, read_json
+    from test_datasize import _toy_cache   # the data-size tests' cache in the teacher stage's on-disk format
+    run = tmp_path/'run'
+    save_config(study_config('smoke', {'search': {'pruner': 'none', 'n_trials': 2, 'replicates': replicates, 'enqueue_paper': False,
+                                                  'select_on': select_on}, 'kd': {'seeds': [1]}}), run)
+    _toy_cache(run)
+    s = read_json(run/'splits.json'); train = s['train']
+    write_json(run/'splits.json', {**s, 'subset_seeds': [0, 1], 'fractions': {'0': {'1.0': train, '0.5': train[:8]},
+                                                                              '1': {'1.0': train, '0.5': train[8:]}}})
+    return run
+
+
+def gmean(values):
+    import math
+    values = list(values)
+    return math.exp(sum(map(math.log, values)) / len(values))
+
+
+def test_kd_search_selects_on_dev_records_test_cer_and_replicates_draw_their_own_subsets(tmp_path, monkeypatch):
+    "The objective is the dev folds' CER; every complete trial carries its test folds' CER; replicate r trains on subset seed r."
+    import asr_kd_nb.kd as kd
+    from asr_kd_nb.config import read_json
+    from asr_kd_nb.search import search_worker
+    from asr_kd_nb.rundir import read_trials, fraction_ids, dev_folds, test_folds
+    run = toy_kd_run(tmp_path)
+    trained, real = [], kd.train_student
+    monkeypatch.setattr(kd, 'train_student', lambda hp, cache, ids, *a, **k: trained.append(list(ids)) or real(hp, cache, ids, *a, **k))
+    for r in (0, 1):
+        trained.clear()
+        best = search_worker(run, 0.5, replicate=r)
+        assert trained and all(ids == fraction_ids(run, 0.5, r) for ids in trained)       # this replicate's own subset
+        assert (best['select_on'], best['objective'], best['subset_seed']) == ('dev', 'gmean CER, dev clusters', r)
+        df = read_trials(run, 0.5, r)
+        done = df[df.state == 'COMPLETE']
+        assert len(done) >= 1 and done.test_cer.notna().all() and (done.subset_seed == r).all()
+        dev_cols = [c for c in df.columns if c.startswith('cer:')]
+        test_cols = [c for c in df.columns if c.startswith('test_cer:')]
+        assert sorted(c.split('/')[1] for c in dev_cols) == sorted(dev_folds(run))             # the objective: dev folds only
+        assert sorted(c.split('/')[1] for c in test_cols) == sorted(test_folds(run))
+        for _, row in done.iterrows():
+            assert abs(row.gmean_cer - gmean(row[dev_cols])) < 1e-9 and abs(row.test_cer - gmean(row[test_cols])) < 1e-9
+        assert best['best']['test_cer'] == pytest.approx(done.loc[done.gmean_cer.idxmin(), 'test_cer'])
+    assert fraction_ids(run, 0.5, 0) != fraction_ids(run, 0.5, 1)
+    study = optuna.load_study(study_name='frac-0.50-r1', storage=default_storage(run))
+    assert study.metric_names == ['gmean CER, dev clusters'] and study.user_attrs['select_on'] == 'dev'
+
+
+def test_paper_preset_selects_on_test(tmp_path):
+    "The paper preset's config selects on the test folds (no dev folds); such a search's objective is the test CER, and says so."
+    from asr_kd_nb.config import read_json
+    from asr_kd_nb.search import search_stage
+    from asr_kd_nb.rundir import test_folds, fraction_summary_path
+    import asr_kd_nb.splits  # noqa: F401  (registers the splits section)
+    cfg = study_config('paper')
+    assert (cfg.search.select_on, cfg.splits.n_dev_folds) == ('test', 0)
+    assert all(study_config(p).search.select_on == 'dev' and study_config(p).splits.n_dev_folds >= 1 for p in ('smoke', 'default', 'full'))
+    run = toy_kd_run(tmp_path, select_on='test', replicates=1)
+    s = search_stage(run, 1.0, workers=1)
+    assert (s['select_on'], s['objective']) == ('test', 'gmean CER, test clusters')
+    assert read_json(fraction_summary_path(run, 1.0))['select_on'] == 'test'
+    df = pd.read_csv(study_dir(run, 1.0, 0)/'trials.csv')
+    done = df[df.state == 'COMPLETE']
+    assert sorted({c.split('/')[1] for c in df.columns if c.startswith('cer:')}) == sorted(test_folds(run))
+    assert len(done) and (done.test_cer - done.gmean_cer).abs().max() < 1e-12   # selecting on test: the objective is the test CER
