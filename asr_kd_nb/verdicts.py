@@ -20,7 +20,7 @@ __all__ = ['log', 'VERDICTS', 'MARGIN_KINDS', 'TABLE_COLUMNS', 'CALIBRATION_TARG
            'search_outcomes', 'bootstrap_ci', 'search_statistics', 'verdict', 'TableModel', 'prior_model',
            'simulate_cells', 'true_difference', 'distortion_for', 'estimate_model', 'panel_margin',
            'simulated_verdicts', 'calibrate', 'spearman', 'kendall', 'rank_agreement', 'plateau_budget',
-           'analyse_table', 'synthetic_table', 'verdict_text', 'plot_regret_by_n', 'plot_regret_cpu',
+           'analyse_table', 'synthetic_table', 'margin_table', 'verdict_text', 'plot_regret_by_n', 'plot_regret_cpu',
            'plot_verdict_grid', 'plot_learning_curves', 'design_for_power', 'power_report', 'power_text',
            'add_power_args', 'power_command']
 
@@ -48,9 +48,9 @@ class VerdictsConfig:
     prior_seed_sd: float = 0.08    # before a run: sd of log CER between seeds (training seed and subset) of one configuration
     prior_dev_sd: float = 0.05     # before a run: sd of log CER between dev and test speakers per configuration
     presets: ClassVar[dict] = {
-        'default': {'primary_n': 8, 'n_values': [8, 16], 'resamples': 1000, 'simulations': 300},
-        'full': {'n_values': [8, 16, 32, 50], 'resamples': 2000, 'simulations': 500},
-        'paper': {'primary_n': 8, 'n_values': [8], 'resamples': 1000, 'simulations': 300},
+        'default': {'primary_n': 8, 'n_values': [8, 16], 'resamples': 1000},
+        'full': {'n_values': [8, 16, 32, 50], 'resamples': 2000, 'simulations': 400},
+        'paper': {'primary_n': 8, 'n_values': [8], 'resamples': 1000},
     }
 
     def __post_init__(self):
@@ -205,7 +205,7 @@ def search_statistics(dev_f, dev_full, test_full, # (M, S) cubes of one fraction
         B = max(len(cw), len(sw))
         o = search_outcomes(dev_f, dev_full, test_full, np.broadcast_to(cw, (B, M)), np.broadcast_to(sw, (B, S)), n_values)
         out = np.concatenate([o['fraction'] - o['full'], o['fraction'] - o['reference'][None], o['full'] - o['reference'][None]])
-        return out.reshape((3 * k,) + np.shape(idx[0])[:-1])
+        return out.reshape((3 * k,) + np.broadcast_shapes(*(np.shape(i)[:-1] for i in idx)))
     data = (np.arange(M),) + ((np.arange(S),) if S >= 3 else ())
     point = stat(*[d[None] for d in data])[:, 0]
     lo, hi = bootstrap_ci(data, stat, resamples, alpha, seed)
@@ -379,14 +379,18 @@ def rank_agreement(dev_f:np.ndarray, dev_full:np.ndarray, # (M, S) dev CER on th
     top = np.argsort(full.mean(1))[:max(M // 2, 3)]
     pairs = seed_pairs(S)
     if len(top) < 3 or S < 2: return {'configs': int(len(top)), 'top_k': k, 'spearman': None, 'kendall': None}
-    def stat(idx, axis=-1):
-        out = []
-        for fn in (spearman, kendall):
-            for sel in (f, full):
-                out.append(np.mean([fn(sel[top][idx, s], full[top][idx, m]) for s, m in pairs], 0))
-        return np.stack(out)
-    point = stat(np.arange(len(top)))
-    lo, hi = bootstrap_ci((np.arange(len(top)),), stat, resamples, alpha, seed)
+    def stat(*idx, axis=-1):
+        cw = np.asarray(idx[0]).reshape(-1, np.shape(idx[0])[-1])
+        sw = _multiplicity(idx[1], S) if len(idx) > 1 else np.ones((1, S))
+        B = max(len(cw), len(sw))
+        cw, pw = np.broadcast_to(cw, (B, cw.shape[1])), pair_weights(np.broadcast_to(sw, (B, S)), pairs)   # (B, m), (B, P)
+        ft, fu = f[top][cw], full[top][cw]                                                              # (B, m, S)
+        out = [sum(pw[:, p] * fn(sel[..., s], fu[..., m]) for p, (s, m) in enumerate(pairs))
+               for fn in (spearman, kendall) for sel in (ft, fu)]
+        return np.stack(out).reshape((4,) + np.broadcast_shapes(*(np.shape(i)[:-1] for i in idx)))
+    data = (np.arange(len(top)),) + ((np.arange(S),) if S >= 3 else ())
+    point = stat(*[d[None] for d in data])[:, 0]
+    lo, hi = bootstrap_ci(data, stat, resamples, alpha, seed)
     recall = lambda sel: float(np.mean([len(set(np.argsort(sel[:, s])[:k]) & set(np.argsort(full[:, m])[:k])) / k for s, m in pairs]))
     c = lambda i: [float(lo[i]), float(hi[i])]
     return {'configs': int(len(top)), 'top_k': k, 'spearman': float(point[0]), 'spearman_ci': c(0), 'ceiling_spearman': float(point[1]),
@@ -447,19 +451,21 @@ def analyse_table(table:pd.DataFrame, # the data-size table (TABLE_SCHEMA shape)
             if fi == 0:
                 if bi == bi_p and st: full_search = {'regret_by_n': {str(n): v for n, v in st['regret_full'].items()}}
                 continue
-            p = per.setdefault(frac_key(f), {'by_budget': {}, 'by_budget_diff': {}, 'by_budget_regret': {}, 'cpu_s_per_trial': {}})
+            p = per.setdefault(frac_key(f), {'by_budget': {}, 'by_budget_diff': {}, 'by_budget_regret': {}, 'cpu_s_per_trial': {},
+                                             'saving_cpu_s_by_budget': {}})
             n_p = vc.primary_n if vc.primary_n in ns else ns[0]
             d = st['diff'][n_p] if st else {'mean': float('nan'), 'ci': [float('nan')] * 2}
             p['by_budget'][_key(b)] = verdict(d['ci'], margin, ok and vc.primary_n in ns)
             p['by_budget_diff'][_key(b)] = d
             p['by_budget_regret'][_key(b)] = st['regret'][n_p] if st else d
             p['cpu_s_per_trial'][_key(b)] = float(cpu[fi, bi])
+            p['saving_cpu_s_by_budget'][_key(b)] = float(vc.primary_n * (cpu[0, bi] - cpu[fi, bi]))
             if bi == bi_p:
-                p.update(verdict=p['by_budget'][_key(b)], diff=d['mean'], diff_ci=d['ci'],
+                p.update(verdict=p['by_budget'][_key(b)], diff=d['mean'], diff_ci=d['ci'], live=bool(ok and vc.primary_n in ns),
                          regret_by_n={str(n): v for n, v in (st['regret'] if st else {}).items()},
                          saving_cpu_s=float(vc.primary_n * (cpu[0, bi] - cpu[fi, bi])), cost_ratio=float(cpu[fi, bi] / cpu[0, bi]),
                          rank=rank_agreement(cells[0], cells[1], vc.top_k, vc.resamples, vc.alpha, derive_seed(seed, 'rank', f)))
-    sweep = {_key(m): {fk: verdict(p['diff_ci'], m * margin, p['verdict'] != 'cannot tell' or np.isfinite(p['diff_ci'][0]))
+    sweep = {_key(m): {fk: verdict(p['diff_ci'], m * margin, p['live'])
                        for fk, p in per.items()} for m in vc.margin_sweep}
     tops = np.argsort(np.nanmean(cubes['dev_cer'][0, -1], 1))[:max(len(ax['config']) // 2, 1)]
     curve = np.nanmedian(np.nanmean(cubes['test_cer'][0][:, tops], -1), -1)
@@ -471,7 +477,10 @@ def analyse_table(table:pd.DataFrame, # the data-size table (TABLE_SCHEMA shape)
                'per_fraction': per, 'full_search': full_search, 'margin_sweep': sweep,
                'learning_curve': {_key(b): float(c) for b, c in zip(budgets, curve)},
                'plateau_budget': plateau_budget(budgets, curve, vc.plateau_gain), 'calibration': None}
-    if calibration and live and vc.primary_n <= M - 1:
+    summary['calibration_skipped'] = ('not asked for' if not calibration else None if live and vc.primary_n <= M - 1 else
+                                      f'{M} live configurations and {S} seeds cannot hold a search of n = {vc.primary_n} '
+                                      '(needs n + 1 configurations, at least 3, and 2 seeds)')
+    if summary['calibration_skipped'] is None:
         model = estimate_model(dev_full, test_full)
         summary['calibration'] = calibrate(model, {'configs': M, 'seeds': S, 'primary_n': vc.primary_n}, vc,
                                            derive_seed(seed, 'calibration'), margin=margin)
@@ -503,6 +512,15 @@ def synthetic_table(model:TableModel, # noise levels
     return pd.DataFrame(rows)
 
 # %% ../nbs/06b_verdicts.ipynb #v044
+def margin_table(summary:dict) -> pd.DataFrame: # the output of `analyse_table`
+    "Verdicts at each multiple of δ (rows, in CER) for each fraction (columns)."
+    sw = summary['margin_sweep']
+    rows = {f"{float(m):g}δ = {float(m) * summary['margin']:.4f}": v for m, v in sorted(sw.items(), key=lambda kv: float(kv[0]))}
+    return pd.DataFrame(rows).T.rename(columns=_pct_label)
+
+def _pct_label(fk) -> str: return f'{float(fk) * 100:.0f} %'
+
+# %% ../nbs/06b_verdicts.ipynb #v048
 def _pct(fk) -> str: return f'{float(fk) * 100:.0f} %'
 
 VERDICT_WORDS = {'within': 'within δ of a 100 % search', 'worse': 'worse than a 100 % search by more than δ',
@@ -527,7 +545,7 @@ def verdict_text(summary:dict) -> str: # the output of `analyse_table`
         out.append(f"The students plateau at budget {pl:g}× (doubling it gains less than 10 % CER); there the verdicts are "
                    + ', '.join(f'{_pct(fk)}: {w}' for fk, w in at.items()) + '.')
     c = summary.get('calibration')
-    if not c: out.append('The design\'s error rates were not simulated (fewer than 3 live configurations or 2 seeds).')
+    if not c: out.append(f"The design's error rates were not simulated: {summary.get('calibration_skipped', 'not asked for')}.")
     else:
         out.append(f"This design ({c['configs']} configurations, {c['seeds']} seeds, n = {c['n']}), simulated {c['simulations']} times "
                    f"per truth: interval coverage {c['coverage']:.0%}, false \"worse\" {c['false_worse']:.0%}, false \"within\" "
@@ -538,7 +556,7 @@ def verdict_text(summary:dict) -> str: # the output of `analyse_table`
                       'power ≥ 80 % at 2δ): read its verdicts with those error rates.'))
     return '\n'.join(out)
 
-# %% ../nbs/06b_verdicts.ipynb #v046
+# %% ../nbs/06b_verdicts.ipynb #v050
 def _fig(w=6, h=4):
     import matplotlib.pyplot as plt
     return plt.subplots(figsize=(w, h))
@@ -554,7 +572,9 @@ def plot_regret_by_n(summary:dict): # the output of `analyse_table`
         ax.plot(x, y, 'o-', label=_pct(fk))
         ax.fill_between(x, [r[n]['ci'][0] for n in ns], [r[n]['ci'][1] for n in ns], alpha=0.2)
     ax.axhline(summary['margin'], color='grey', ls=':', label='δ')
-    ax.set(xlabel='trials n of the random search', ylabel='regret (test CER on 100 %)', xscale='log',
+    ns = sorted({int(n) for r in series.values() for n in r})
+    ax.set_xticks(ns, [str(n) for n in ns]); ax.minorticks_off()
+    ax.set(xlabel='trials n of the random search', ylabel='regret (test CER on 100 %)',
            title=f"Regret of a search by fraction (budget {summary['primary']['budget']:g}×)")
     ax.legend(); return fig
 
@@ -608,7 +628,7 @@ def plot_learning_curves(table:pd.DataFrame, # the data-size table
     axes[0][0].set_ylabel('test CER'); axes[0][-1].legend(fontsize=7)
     fig.suptitle('Learning curves of the best configurations on 100 %'); return fig
 
-# %% ../nbs/06b_verdicts.ipynb #v049
+# %% ../nbs/06b_verdicts.ipynb #v053
 def design_for_power(cfg) -> dict: # a `StudyConfig`
     "The calibration design of a study's config; `ValueError` naming the keys when the panel cannot hold the primary search."
     d = design_sizes(cfg)
