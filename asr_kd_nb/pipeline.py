@@ -15,11 +15,11 @@ from typing import Callable
 from .rundir import frac_label, study_key, stage_notebook, RUN_PATHS, run_path
 
 # %% auto #0
-__all__ = ['STAGES', 'KERNEL', 'log', 'PUBLISHED', 'LAB_HOOK', 'Stage', 'nbs_dir', 'available_stages', 'stage_fingerprint',
-           'stage_keys', 'stage_done', 'progress_line', 'ProgressWatcher', 'StageFailed', 'ensure_kernel',
-           'execute_stage', 'ConfigMismatch', 'first_stage_of', 'check_run_dir', 'prepare_run_dir', 'run_study',
-           'load_config_file', 'build_config', 'publish_results', 'render_readme', 'write_readme', 'run_headline',
-           'compare_runs', 'clean_on_save', 'lab_command', 'resume_advice', 'main']
+__all__ = ['STAGES', 'KERNEL', 'log', 'PUBLISHED', 'PUBLISHED_DATA', 'LAB_HOOK', 'Stage', 'nbs_dir', 'available_stages',
+           'stage_fingerprint', 'stage_keys', 'stage_done', 'progress_line', 'ProgressWatcher', 'StageFailed',
+           'ensure_kernel', 'execute_stage', 'ConfigMismatch', 'first_stage_of', 'check_run_dir', 'prepare_run_dir',
+           'run_study', 'load_config_file', 'build_config', 'publish_results', 'render_readme', 'write_readme',
+           'run_headline', 'compare_runs', 'clean_on_save', 'lab_command', 'resume_advice', 'main']
 
 # %% ../nbs/11_pipeline.ipynb #c006
 @dataclass(frozen=True)
@@ -299,6 +299,7 @@ def build_config(preset:str|None, config_file:str|None) -> StudyConfig:
 # %% ../nbs/11_pipeline.ipynb #c022
 PUBLISHED = ['report/*.png', 'strategies/*.png', 'clustering/umap.png', 'teacher/cer.png', 'kd/baseline.png',
              f'search/{study_key(1.0, 0)}/history.png']
+PUBLISHED_DATA = ['datasize/table.csv', 'datasize/table.md']   # the table and its schema, for others' strategies
 
 def _shown_path(p:Path) -> str:
     "`p` relative to the repository when inside it (as a user types it), else absolute."
@@ -306,7 +307,7 @@ def _shown_path(p:Path) -> str:
     return str(p) if rel.startswith('..') else rel
 
 def publish_results(run_dir, dest=None, force:bool=False) -> Path:
-    "Copy a finished run's figures, `report/summary.json` and timings into `nbs/images/` with provenance (a smoke run only with `force`)."
+    "Copy a finished run's figures, table, `report/summary.json` and timings into `nbs/images/` with provenance (a smoke run only with `force`)."
     import shutil, subprocess, glob
     run_dir = Path(run_dir).resolve(); dest = Path(dest or nbs_dir()/'images')
     if not (run_dir/'report'/'summary.json').exists(): raise FileNotFoundError(f'{run_dir}/report/summary.json is missing: finish the run first')
@@ -321,13 +322,16 @@ def publish_results(run_dir, dest=None, force:bool=False) -> Path:
         for f in sorted(glob.glob(str(run_dir/pat))):
             name = Path(f).relative_to(run_dir).as_posix().replace('/', '_')
             shutil.copy(f, dest/name); files.append(name)
+    data = []
+    for n in PUBLISHED_DATA:
+        if (run_dir/n).exists(): shutil.copy(run_dir/n, dest/Path(n).name); data.append(Path(n).name)
     cfg = read_json(run_dir/'config.json')
     try: commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=nbs_dir()).stdout.strip()
     except OSError: commit = ''
     strat = run_dir/'strategies'/'summary.json'
     write_json(dest/'results.json', {'summary': read_json(run_dir/'report'/'summary.json'),
         'strategies': read_json(strat) if strat.exists() else None,
-        'timings': read_json(run_dir/'timings.json'), 'preset': cfg['preset'], 'figures': files, 'git_commit': commit,
+        'timings': read_json(run_dir/'timings.json'), 'preset': cfg['preset'], 'figures': files, 'data': data, 'git_commit': commit,
         'command': f"asr-kd run --preset {cfg['preset']} --run-dir {_shown_path(run_dir)}",
         'date': datetime.fromtimestamp((run_dir/'report'/'summary.json').stat().st_mtime, timezone.utc).strftime('%Y-%m-%d %H:%M UTC')})
     return dest

@@ -17,7 +17,8 @@ __all__ = ['RUN_PATHS', 'run_path', 'frac_key', 'frac_label', 'split_frac_label'
 RUN_PATHS = {'config': 'config.json', 'corpus': 'corpus', 'manifest': 'corpus/manifest.jsonl', 'corpus_report': 'corpus/report.json',
              'clustering': 'clustering', 'splits': 'splits.json', 'teacher': 'teacher', 'cache': 'cache', 'kd': 'kd',
              'search': 'search', 'report': 'report', 'notebooks': 'notebooks', 'stages': 'stages.json', 'timings': 'timings.json',
-             'teacher_json': 'teacher/teacher.json', 'cache_index': 'cache/index.json', 'kd_baseline': 'kd/baseline.json'}
+             'teacher_json': 'teacher/teacher.json', 'cache_index': 'cache/index.json', 'kd_baseline': 'kd/baseline.json',
+             'datasize': 'datasize', 'table': 'datasize/table.csv'}
 
 def run_path(run_dir, # the run directory
              what:str, # one of `RUN_PATHS`

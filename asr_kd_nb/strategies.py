@@ -522,17 +522,17 @@ def synthetic_factory(run_dir) -> Scorer:
 
 # %% ../nbs/10_strategies.ipynb #s077b
 def datasize_results(run_dir) -> dict:
-    "(hp_key, seed) -> the data-size stage's result of one student on 100 % at the trial budget, made with this run's config."
-    from asr_kd_nb.datasize import ScoreMemo, results_fingerprint
-    memo = ScoreMemo(run_path(run_dir, 'report')/'scores.jsonl', results_fingerprint(load_config(run_dir)))
-    out = {(hp_key(j['hp']), int(j['seed'])): r for j, r in memo.items()
-           if j.get('kind') == 'score' and j.get('fraction') == '1.0' and float(j.get('scale', 1.0)) == 1.0}
-    if memo.other: log.warning('%s: %d results were made with another config; not reused', memo.path, memo.other)
-    if out: log.info('%s: %d full-data results reusable', memo.path, len(out))
+    "(hp_key, seed) -> the data-size table's student on 100 % at the trial budget: {'gmean': CER on the selection folds, 'cpu_s', 'steps'}."
+    p = run_path(run_dir, 'table')
+    if not p.exists(): return {}
+    t = pd.read_csv(p)
+    t = t[(t.fraction == 1.0) & (t.budget == 1.0)]
+    out = {(hp_key(r), int(r['seed'])): {'gmean': r['dev_cer'], 'cpu_s': r['cpu_s'], 'steps': r['steps']} for r in t.to_dict('records')}
+    if out: log.info('%s: %d full-data results reusable', p, len(out))
     return out
 
 def kd_factory(run_dir) -> Scorer:
-    "The KD objective: one student on the fraction for the epoch budget, CER on the test folds; the data-size stage's 100 % results reused."
+    "The KD objective: one student on the fraction for the epoch budget, CER on the selection folds; the data-size table's 100 % students reused."
     from asr_kd_nb.datasize import train_and_score
     done = datasize_results(run_dir)
     def score(hp:dict, fraction:float, seed:int) -> dict:
@@ -657,9 +657,9 @@ def _vocab_size(run_dir) -> int:
 def retrain_seeds(cfg, # the run's `StudyConfig`
                   n:int, # seeds wanted (`strategies.full_seeds`)
                  ) -> list[int]:
-    "Seeds of the full-data retraining: the data-size stage's regret seeds first (its results are reused), then derived ones."
+    "Seeds of the full-data retraining: the data-size table's seeds first (its students are reused), then derived ones."
     import asr_kd_nb.datasize   # registers the datasize section
-    first = [int(s) for s in cfg.datasize.regret_seeds][:n]
+    first = [int(s) for s in cfg.datasize.table_seeds][:n]
     return first + [derive_seed(cfg.seed, 'strategies', 'full', i) for i in range(n - len(first))]
 
 @lru_cache(maxsize=4)
