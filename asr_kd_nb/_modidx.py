@@ -391,6 +391,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'asr_kd_nb.report.figure_caption': ('report.html#figure_caption', 'asr_kd_nb/report.py'),
                                   'asr_kd_nb.report.headline': ('report.html#headline', 'asr_kd_nb/report.py'),
                                   'asr_kd_nb.report.headline_html': ('report.html#headline_html', 'asr_kd_nb/report.py'),
+                                  'asr_kd_nb.report.markdown_html': ('report.html#markdown_html', 'asr_kd_nb/report.py'),
                                   'asr_kd_nb.report.offline_html': ('report.html#offline_html', 'asr_kd_nb/report.py'),
                                   'asr_kd_nb.report.pct': ('report.html#pct', 'asr_kd_nb/report.py'),
                                   'asr_kd_nb.report.plot_importances': ('report.html#plot_importances', 'asr_kd_nb/report.py'),
