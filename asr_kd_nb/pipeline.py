@@ -19,7 +19,7 @@ __all__ = ['STAGES', 'KERNEL', 'log', 'PUBLISHED', 'LAB_HOOK', 'Stage', 'nbs_dir
            'stage_keys', 'stage_done', 'progress_line', 'ProgressWatcher', 'StageFailed', 'ensure_kernel',
            'execute_stage', 'ConfigMismatch', 'first_stage_of', 'check_run_dir', 'prepare_run_dir', 'run_study',
            'load_config_file', 'build_config', 'publish_results', 'render_readme', 'write_readme', 'run_headline',
-           'compare_runs', 'clean_on_save', 'lab_command', 'resume_advice', 'main']
+           'compare_runs', 'clean_on_save', 'lab_command', 'lab_arguments', 'start_lab', 'resume_advice', 'main']
 
 # %% ../nbs/11_pipeline.ipynb #c006
 @dataclass(frozen=True)
@@ -435,6 +435,19 @@ def lab_command(root=None, # folder Lab opens (default: nbs/)
     if hasattr(os, 'geteuid') and os.geteuid() == 0: cmd.append('--allow-root')
     return cmd + list(extra)
 
+# %% ../nbs/11_pipeline.ipynb #h22p01
+def lab_arguments(rest:list, # what `asr-kd lab` did not parse itself (argparse's unknown arguments, in order)
+                 ) -> list[str]:
+    "The arguments `asr-kd lab` hands to `jupyter lab` (`--port 8890 --no-browser --ip 0.0.0.0`), in order; a leading `--` dropped."
+    return list(rest[1:] if rest[:1] == ['--'] else rest)
+
+def start_lab(extra:list=()):
+    "Become JupyterLab (`lab_command`, run from the repository root): Ctrl-C and SIGTERM then reach JupyterLab itself."
+    cmd = lab_command(extra=extra)
+    sys.stdout.flush(); sys.stderr.flush()
+    os.chdir(nbs_dir().parent)
+    os.execv(cmd[0], cmd)   # does not return
+
 # %% ../nbs/11_pipeline.ipynb #c025
 def _parser() -> argparse.ArgumentParser:
     stage_names = [s.name for s in STAGES]
@@ -475,10 +488,11 @@ def _parser() -> argparse.ArgumentParser:
                        description='Execute nbs/index.ipynb and write README.md from it (cells flagged `echo: false` show only '
                        'their output); with --check, only tell whether README.md is up to date.')
     m.add_argument('--check', action='store_true', help='only check that README.md is up to date (exit 1 if not)')
-    l = sub.add_parser('lab', help='start JupyterLab on the chapters (cleaned on save; works as root)',
-                       description='Start JupyterLab in nbs/ with the project\'s pre-save hook, so that saving a chapter leaves it '
-                       'clean for the test command; adds --allow-root when run as root. Further arguments go to jupyter lab.')
-    l.add_argument('jupyter_args', nargs=argparse.REMAINDER, help='arguments for jupyter lab, e.g. --port 8890 --no-browser')
+    sub.add_parser('lab', help='start JupyterLab on the chapters (cleaned on save; works as root)', allow_abbrev=False,
+                   usage='asr-kd lab [-h] [JUPYTER LAB OPTIONS ...]',
+                   description='Start JupyterLab in nbs/ with the project\'s pre-save hook, so that saving a chapter leaves it '
+                   'clean for the test command; adds --allow-root when run as root. Every other argument goes to jupyter lab, e.g. '
+                   '`asr-kd lab --no-browser --port 8890 --ip 0.0.0.0` (`jupyter lab --help-all` lists them).')
     t = sub.add_parser('transcribe', help='transcribe wav/flac files with a saved student',
                        description='Print one line per audio file, "FILE<TAB>TRANSCRIPT", by greedy CTC decoding with a student '
                        'saved by a run (e.g. RUN_DIR/kd/student); no run directory is needed.')
@@ -511,7 +525,8 @@ def main(argv:list|None=None) -> int:
         import subprocess
         return subprocess.call([sys.executable, '-m', 'asr_kd_nb.bench', *argv[1:]])
     p = _parser()
-    a = p.parse_args(argv)
+    a, rest = p.parse_known_args(argv)   # unknown arguments: jupyter lab's options for `lab`, an error elsewhere
+    if rest and a.cmd != 'lab': p.error(f'unrecognized arguments: {" ".join(rest)}')
     try:
         if a.cmd == 'run':
             check_run_dir(a.run_dir)   # before the config: a bad --run-dir is reported without waiting for anything
@@ -528,9 +543,7 @@ def main(argv:list|None=None) -> int:
             from asr_kd_nb.conformer import transcribe_files
             for f, text in zip(a.audio, transcribe_files(a.model, a.audio, a.device)): print(f'{f}\t{text}', flush=True)
             return 0
-        if a.cmd == 'lab':
-            import subprocess
-            return subprocess.call(lab_command(extra=a.jupyter_args), cwd=nbs_dir().parent)
+        if a.cmd == 'lab': start_lab(lab_arguments(rest))
         if a.cmd == 'compare':
             print(compare_runs(a.runs)); return 0
         if a.cmd == 'search':
