@@ -108,7 +108,7 @@ def progress_line(rec:dict, # the task's latest record
 
 # %% ../nbs/11_pipeline.ipynb #c011d
 class ProgressWatcher:
-    "Names a progress file in `$ASR_KD_PROGRESS` while active and prints its new records, one line per task every `every` s."
+    "Names a progress file in `$ASR_KD_PROGRESS` while active and prints its new records: per task its first line, its first line with a rate (the time left), then one every `every` s, and its last."
     def __init__(self, path, # the progress file (removed first: a rerun starts afresh)
                  enabled:bool=True, # False: still sets the variable, prints nothing
                  every:float=15.0, # seconds between two lines of one task (a finished task is printed at once)
@@ -117,6 +117,7 @@ class ProgressWatcher:
         self.path, self.enabled, self.every, self.poll_s = Path(path), enabled, every, poll
         self.say = say or (lambda m: print(f'      {m}', file=sys.stderr, flush=True))
         self.first, self.last, self.printed, self.pos = {}, {}, {}, 0
+        self.rated = set()   # tasks whose printed line already had a rate and the time left
         self._stop, self._thread = threading.Event(), None
 
     def poll(self) -> list[str]:
@@ -134,8 +135,10 @@ class ProgressWatcher:
         for task, rec in self.last.items():
             if self.printed.get(task, (None, 0.0))[0] is rec: continue
             finished = rec.get('total') and rec['done'] >= rec['total']
-            if finished or now - self.printed.get(task, (None, 0.0))[1] >= self.every:
+            moved = rec['done'] > self.first[task]['done'] and rec['t'] > self.first[task]['t']   # a rate, hence a time left
+            if finished or (moved and task not in self.rated) or now - self.printed.get(task, (None, 0.0))[1] >= self.every:
                 out.append(progress_line(rec, self.first[task])); self.printed[task] = (rec, now)
+                if moved: self.rated.add(task)
         if self.enabled:
             for m in out: self.say(m)
         return out
