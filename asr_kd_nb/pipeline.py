@@ -482,6 +482,15 @@ def _parser() -> argparse.ArgumentParser:
                        description='Render a run\'s executed notebooks and its results to static HTML pages under RUN_DIR/report/html; '
                        'prints the path of the index page, which opens in any browser without a server.')
     h.add_argument('--run-dir', required=True, help='a run directory made by `asr-kd run`')
+    o = sub.add_parser('docs', help='build the docs site: every chapter as a static HTML page (no Quarto needed)',
+                       description='Execute every chapter as nbdev-test does (slow cells skipped) and write one HTML page per chapter '
+                       'with its prose, API sections (show_doc) and the inline tests\' output, and a sidebar linking every chapter; '
+                       'prints the path of index.html, which opens in any browser. Where Quarto is installed, nbdev-docs builds the '
+                       'Quarto site from the same chapters instead.')
+    o.add_argument('--out', metavar='DIR', help='folder of the site (default: _docs/ in the repository)')
+    o.add_argument('--chapters', nargs='+', metavar='CHAPTER', help='build only these chapters, e.g. 06_search (their sidebars link all)')
+    o.add_argument('--api-only', action='store_true', help="run only imports, exported cells and show_doc: no tests' output, much faster")
+    o.add_argument('--workers', type=int, default=0, help='chapters executed at once (default: every available core)')
     u = sub.add_parser('publish', help="copy a finished run's figures and summary into nbs/images/ for the README and docs",
                        description='Replace nbs/images/ with the figures, report/summary.json and timings of a finished run, with '
                        'its provenance (preset, command, commit, date); then `asr-kd readme` regenerates README.md from them.')
@@ -558,6 +567,12 @@ def main(argv:list|None=None) -> int:
             same = write_readme(a.check)
             if a.check and not same: _say('asr-kd: README.md is out of date with nbs/index.ipynb; run `asr-kd readme`')
             return 0 if same or not a.check else 1
+        if a.cmd == 'docs':
+            from asr_kd_nb.docs import build_docs
+            site = build_docs(a.out, chapters=a.chapters, api_only=a.api_only, workers=a.workers)
+            for page, errs in site['errors'].items(): _say(f'asr-kd: {page}: {len(errs)} cell(s) raised; first: {errs[0][1]}')
+            _say(f'{len(site["pages"])} pages in {site["seconds"]:.0f} s; open {site["index"]}')
+            return 1 if site['errors'] else 0
         if a.cmd == 'report':
             from asr_kd_nb.report import render_html_report
             _say(str(render_html_report(a.run_dir))); return 0
