@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_docs.ipynb #c001
 from __future__ import annotations
-import html, importlib, json, logging, os, re, shutil, time
+import html, importlib, logging, os, re, shutil, time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -54,7 +54,7 @@ def _runs(cell, flags:set, api_only:bool) -> bool:
     if flags & d.keys() or str(d.get('eval', '')).strip().lower() == 'false': return False
     if not api_only: return True
     return bool(d.keys() & {'export', 'exports', 'exporti'} or getattr(cell, 'has_sd', False)
-                or re.search(r'^\s*(import|from)\s', cell.source, re.M))
+                or re.search(r'^\s*(import|from)\s|^show_doc\(', cell.source, re.M))   # as nbdev-docs: imports, definitions, show_doc
 
 def execute_chapter(path, # a chapter notebook
                     api_only:bool=False, # run only imports, exported cells and show_doc (no inline tests)
