@@ -19,7 +19,8 @@ __all__ = ['STAGES', 'KERNEL', 'log', 'PUBLISHED', 'PUBLISHED_DATA', 'LAB_HOOK',
            'stage_fingerprint', 'stage_keys', 'stage_done', 'progress_line', 'ProgressWatcher', 'StageFailed',
            'ensure_kernel', 'execute_stage', 'ConfigMismatch', 'first_stage_of', 'check_run_dir', 'prepare_run_dir',
            'run_study', 'load_config_file', 'build_config', 'publish_results', 'render_readme', 'write_readme',
-           'run_headline', 'compare_runs', 'clean_on_save', 'lab_command', 'resume_advice', 'main']
+           'run_headline', 'compare_runs', 'clean_on_save', 'lab_command', 'lab_arguments', 'start_lab',
+           'resume_advice', 'main']
 
 # %% ../nbs/11_pipeline.ipynb #c006
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def progress_line(rec:dict, # the task's latest record
 
 # %% ../nbs/11_pipeline.ipynb #c011d
 class ProgressWatcher:
-    "Names a progress file in `$ASR_KD_PROGRESS` while active and prints its new records, one line per task every `every` s."
+    "Names a progress file in `$ASR_KD_PROGRESS` while active and prints its new records: per task its first line, its first line with a rate (the time left), then one every `every` s, and its last."
     def __init__(self, path, # the progress file (removed first: a rerun starts afresh)
                  enabled:bool=True, # False: still sets the variable, prints nothing
                  every:float=15.0, # seconds between two lines of one task (a finished task is printed at once)
@@ -117,6 +118,7 @@ class ProgressWatcher:
         self.path, self.enabled, self.every, self.poll_s = Path(path), enabled, every, poll
         self.say = say or (lambda m: print(f'      {m}', file=sys.stderr, flush=True))
         self.first, self.last, self.printed, self.pos = {}, {}, {}, 0
+        self.rated = set()   # tasks whose printed line already had a rate and the time left
         self._stop, self._thread = threading.Event(), None
 
     def poll(self) -> list[str]:
@@ -134,8 +136,10 @@ class ProgressWatcher:
         for task, rec in self.last.items():
             if self.printed.get(task, (None, 0.0))[0] is rec: continue
             finished = rec.get('total') and rec['done'] >= rec['total']
-            if finished or now - self.printed.get(task, (None, 0.0))[1] >= self.every:
+            moved = rec['done'] > self.first[task]['done'] and rec['t'] > self.first[task]['t']   # a rate, hence a time left
+            if finished or (moved and task not in self.rated) or now - self.printed.get(task, (None, 0.0))[1] >= self.every:
                 out.append(progress_line(rec, self.first[task])); self.printed[task] = (rec, now)
+                if moved: self.rated.add(task)
         if self.enabled:
             for m in out: self.say(m)
         return out
@@ -439,6 +443,19 @@ def lab_command(root=None, # folder Lab opens (default: nbs/)
     if hasattr(os, 'geteuid') and os.geteuid() == 0: cmd.append('--allow-root')
     return cmd + list(extra)
 
+# %% ../nbs/11_pipeline.ipynb #h22p01
+def lab_arguments(rest:list, # what `asr-kd lab` did not parse itself (argparse's unknown arguments, in order)
+                 ) -> list[str]:
+    "The arguments `asr-kd lab` hands to `jupyter lab` (`--port 8890 --no-browser --ip 0.0.0.0`), in order; a leading `--` dropped."
+    return list(rest[1:] if rest[:1] == ['--'] else rest)
+
+def start_lab(extra:list=()):
+    "Become JupyterLab (`lab_command`, run from the repository root): Ctrl-C and SIGTERM then reach JupyterLab itself."
+    cmd = lab_command(extra=extra)
+    sys.stdout.flush(); sys.stderr.flush()
+    os.chdir(nbs_dir().parent)
+    os.execv(cmd[0], cmd)   # does not return
+
 # %% ../nbs/11_pipeline.ipynb #c025
 def _parser() -> argparse.ArgumentParser:
     stage_names = [s.name for s in STAGES]
@@ -470,6 +487,15 @@ def _parser() -> argparse.ArgumentParser:
                        description='Render a run\'s executed notebooks and its results to static HTML pages under RUN_DIR/report/html; '
                        'prints the path of the index page, which opens in any browser without a server.')
     h.add_argument('--run-dir', required=True, help='a run directory made by `asr-kd run`')
+    o = sub.add_parser('docs', help='build the docs site: every chapter as a static HTML page (no Quarto needed)',
+                       description='Execute every chapter as nbdev-test does (slow cells skipped) and write one HTML page per chapter '
+                       'with its prose, API sections (show_doc) and the inline tests\' output, and a sidebar linking every chapter; '
+                       'prints the path of index.html, which opens in any browser. Where Quarto is installed, nbdev-docs builds the '
+                       'Quarto site from the same chapters instead.')
+    o.add_argument('--out', metavar='DIR', help='folder of the site (default: _docs/ in the repository)')
+    o.add_argument('--chapters', nargs='+', metavar='CHAPTER', help='build only these chapters, e.g. 06_search (their sidebars link all)')
+    o.add_argument('--api-only', action='store_true', help="run only imports, exported cells and show_doc: no tests' output, much faster")
+    o.add_argument('--workers', type=int, default=0, help='chapters executed at once (default: every available core)')
     u = sub.add_parser('publish', help="copy a finished run's figures and summary into nbs/images/ for the README and docs",
                        description='Replace nbs/images/ with the figures, report/summary.json and timings of a finished run, with '
                        'its provenance (preset, command, commit, date); then `asr-kd readme` regenerates README.md from them.')
@@ -479,10 +505,11 @@ def _parser() -> argparse.ArgumentParser:
                        description='Execute nbs/index.ipynb and write README.md from it (cells flagged `echo: false` show only '
                        'their output); with --check, only tell whether README.md is up to date.')
     m.add_argument('--check', action='store_true', help='only check that README.md is up to date (exit 1 if not)')
-    l = sub.add_parser('lab', help='start JupyterLab on the chapters (cleaned on save; works as root)',
-                       description='Start JupyterLab in nbs/ with the project\'s pre-save hook, so that saving a chapter leaves it '
-                       'clean for the test command; adds --allow-root when run as root. Further arguments go to jupyter lab.')
-    l.add_argument('jupyter_args', nargs=argparse.REMAINDER, help='arguments for jupyter lab, e.g. --port 8890 --no-browser')
+    sub.add_parser('lab', help='start JupyterLab on the chapters (cleaned on save; works as root)', allow_abbrev=False,
+                   usage='asr-kd lab [-h] [JUPYTER LAB OPTIONS ...]',
+                   description='Start JupyterLab in nbs/ with the project\'s pre-save hook, so that saving a chapter leaves it '
+                   'clean for the test command; adds --allow-root when run as root. Every other argument goes to jupyter lab, e.g. '
+                   '`asr-kd lab --no-browser --port 8890 --ip 0.0.0.0` (`jupyter lab --help-all` lists them).')
     t = sub.add_parser('transcribe', help='transcribe wav/flac files with a saved student',
                        description='Print one line per audio file, "FILE<TAB>TRANSCRIPT", by greedy CTC decoding with a student '
                        'saved by a run (e.g. RUN_DIR/kd/student); no run directory is needed.')
@@ -521,7 +548,8 @@ def main(argv:list|None=None) -> int:
         import subprocess
         return subprocess.call([sys.executable, '-m', 'asr_kd_nb.bench', *argv[1:]])
     p = _parser()
-    a = p.parse_args(argv)
+    a, rest = p.parse_known_args(argv)   # unknown arguments: jupyter lab's options for `lab`, an error elsewhere
+    if rest and a.cmd != 'lab': p.error(f'unrecognized arguments: {" ".join(rest)}')
     try:
         if a.cmd == 'run':
             check_run_dir(a.run_dir)   # before the config: a bad --run-dir is reported without waiting for anything
@@ -538,9 +566,7 @@ def main(argv:list|None=None) -> int:
             from asr_kd_nb.conformer import transcribe_files
             for f, text in zip(a.audio, transcribe_files(a.model, a.audio, a.device)): print(f'{f}\t{text}', flush=True)
             return 0
-        if a.cmd == 'lab':
-            import subprocess
-            return subprocess.call(lab_command(extra=a.jupyter_args), cwd=nbs_dir().parent)
+        if a.cmd == 'lab': start_lab(lab_arguments(rest))
         if a.cmd == 'power':
             from asr_kd_nb.verdicts import power_command
             print(power_command(a.preset, a.config, a.simulations, a.seed), flush=True); return 0
@@ -555,6 +581,12 @@ def main(argv:list|None=None) -> int:
             same = write_readme(a.check)
             if a.check and not same: _say('asr-kd: README.md is out of date with nbs/index.ipynb; run `asr-kd readme`')
             return 0 if same or not a.check else 1
+        if a.cmd == 'docs':
+            from asr_kd_nb.docs import build_docs
+            site = build_docs(a.out, chapters=a.chapters, api_only=a.api_only, workers=a.workers)
+            for page, errs in site['errors'].items(): _say(f'asr-kd: {page}: {len(errs)} cell(s) raised; first: {errs[0][1]}')
+            _say(f'{len(site["pages"])} pages in {site["seconds"]:.0f} s; open {site["index"]}')
+            return 1 if site['errors'] else 0
         if a.cmd == 'report':
             from asr_kd_nb.report import render_html_report
             _say(str(render_html_report(a.run_dir))); return 0

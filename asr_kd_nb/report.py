@@ -14,8 +14,8 @@ from .rundir import run_path, split_frac_label
 # %% auto #0
 __all__ = ['log', 'LEARNED_CER', 'PAPER_CONCLUSION', 'PAPER_RANGE', 'FIGURE_CAPTIONS', 'pct', 'regret_verdict', 'rank_verdict',
            'conclusion_text', 'save_figure', 'plot_ood_curves', 'plot_panel', 'plot_regret_cost', 'plot_importances',
-           'run_card', 'card_text', 'headline', 'figure_caption', 'results_first', 'toc_cell', 'offline_html',
-           'headline_html', 'render_html_report']
+           'run_card', 'card_text', 'headline', 'figure_caption', 'results_first', 'toc_cell', 'markdown_html',
+           'offline_html', 'headline_html', 'render_html_report']
 
 # %% ../nbs/06a_report.ipynb #c005
 log = logging.getLogger(__name__)
@@ -311,6 +311,12 @@ def toc_cell(nb):
     hs = [m[1].strip() for c in nb.cells if c.cell_type == 'markdown' for m in re.finditer(r'^##\s+(.+)$', c.source, re.M)]
     return nbformat.v4.new_markdown_cell('**Contents**: ' + ' · '.join(f'[{h}](#{h.replace(" ", "-")})' for h in hs)) if hs else None
 
+# %% ../nbs/06a_report.ipynb #h22r01
+def markdown_html(text:str) -> str:
+    "Markdown (`**bold**`, `code`, lists) as HTML; raw HTML in `text` is escaped, not passed through."
+    import mistune   # nbconvert's Markdown renderer
+    return mistune.create_markdown(escape=True)(text)
+
 # %% ../nbs/06a_report.ipynb #c018f
 def offline_html(body:str) -> str:
     "Drop the scripts nbconvert's template loads from a CDN (MathJax, require.js): the pages render offline."
@@ -325,12 +331,12 @@ def headline_html(summary:dict) -> str:
                    f"<td>{f3(q.get('spearman_rho'), '{:.2f}')} {ci(q.get('spearman_ci'), '{:.2f}')}</td></tr>"
                    for f, q in ((f, summary['per_fraction'][f]) for f in summary.get('fractions', [])))
     c = summary.get('noise_ceiling') or {}
-    card = ''.join(f'<li>{html.escape(l[2:])}</li>' for l in card_text(summary['card']).splitlines()) if summary.get('card') else ''
+    card = markdown_html(card_text(summary['card'])) if summary.get('card') else ''   # its **Corpus** etc. rendered, not shown raw
     return ('<table><tr><th>search on</th><th>replicates</th><th>best CER</th><th>cost vs 100 %</th><th>regret on 100 % [95 % CI]</th>'
             f'<th>panel ρ vs 100 % [95 % CI]</th></tr>{rows}</table>\n'
-            f"<p>Noise ceiling (two searches on the same 100 % data): regret {f3(c.get('regret'), '{:+.3f}')} {ci(c.get('regret_ci'), '{:+.3f}')}, "
+            f"<p>Noise ceiling ({c.get('replicates') or 'the'} replicate searches on the same 100 % data, against the best of them): regret {f3(c.get('regret'), '{:+.3f}')} {ci(c.get('regret_ci'), '{:+.3f}')}, "
             f"seed-vs-seed ρ {f3(c.get('spearman_rho'), '{:.2f}')} {ci(c.get('spearman_ci'), '{:.2f}')}.</p>\n"
-            f"<p>{html.escape(summary.get('conclusion', ''))}</p>\n" + (f'<ul>{card}</ul>\n' if card else ''))
+            f"<p>{html.escape(summary.get('conclusion', ''))}</p>\n" + card)
 
 # %% ../nbs/06a_report.ipynb #c018
 def _notebook_order(p:Path):

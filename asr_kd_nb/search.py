@@ -14,6 +14,7 @@ import numpy as np, pandas as pd
 import optuna
 from optuna.trial import TrialState
 from .config import config_section, section_preset, load_config, read_json, write_json, derive_seed, resolve_device, config_check, require
+from .config import PROGRESS_ENV, report_progress
 from .conformer import StudentHParams, ConformerConfig, PAPER_BEST, InvalidHParams
 from .rundir import (frac_key, frac_label, study_key, study_dir, fraction_ids, read_splits, fraction_summary_path,
                               finished_studies, read_trials, selection_folds, select_on, test_folds, subset_seed)
@@ -24,9 +25,9 @@ __all__ = ['log', 'HPARAMS', 'SELECT_ON', 'PRUNERS', 'INSTANCE_PRUNERS', 'PAPER_
            'SearchConfig', 'objective_name', 'selection_has_dev_folds', 'suggest_hparams', 'hparams_from_params',
            'paper_trials', 'kd_scorer', 'dry_run_scorer', 'make_scorer', 'load_scorer_factory', 'shifting_scorer',
            'instance_value', 'trial_objective', 'storage_url', 'default_storage', 'public_url', 'StudyLock',
-           'open_storage', 'make_pruner', 'trial_counts', 'sampler_seed', 'search_worker', 'worker_devices',
-           'pin_device', 'search_stage', 'trials_table', 'study_figures', 'export_study', 'add_worker_args',
-           'worker_main']
+           'open_storage', 'make_pruner', 'trial_counts', 'sampler_seed', 'search_progress', 'report_search_progress',
+           'search_worker', 'worker_devices', 'pin_device', 'search_stage', 'trials_table', 'study_figures',
+           'export_study', 'add_worker_args', 'worker_main']
 
 # %% ../nbs/06_search.ipynb #c006
 log = logging.getLogger(__name__)
@@ -554,6 +555,32 @@ def _raise_failures(study, sc):
                        f'last reason: {reasons[-1] if reasons else "?"}')
 
 
+# %% ../nbs/06_search.ipynb #h22s01
+def search_progress(storage, # the studies' storage (`open_storage`)
+                    fraction:float, # data fraction: its replicate studies are counted together
+                    replicates:int, # R, the fraction's replicate studies (one not created yet counts 0)
+                   ) -> tuple[int, float|None]:
+    "Finished (complete or pruned) trials of the fraction's replicate studies, and the best objective value among them."
+    done, best = 0, None
+    for r in range(replicates):
+        try: sid = storage.get_study_id_from_name(study_name(fraction, r))
+        except KeyError: continue
+        trials = storage.get_all_trials(sid, deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        done += len(trials)
+        vals = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        if vals: best = min(vals) if best is None else min(best, *vals)
+    return done, best
+
+def report_search_progress(storage, # the studies' storage (`open_storage`)
+                           fraction:float, # data fraction of the search
+                           sc:SearchConfig, # its replicates (and n_trials for the default total)
+                           total:int|None=None, # trials in all (default: replicates x n_trials)
+                          ) -> bool:
+    "One progress record of the fraction's search: trials finished over all its replicates, of `total`, and the best so far."
+    if not os.environ.get(PROGRESS_ENV): return False   # nobody watches: no storage reads
+    done, best = search_progress(storage, fraction, sc.replicates)
+    return report_progress(f'search {frac_label(fraction)}', done, total or sc.replicates * sc.n_trials, 'trials', best=best, every=0)
+
 # %% ../nbs/06_search.ipynb #h14c06e
 def search_worker(run_dir, # run directory (config.json; splits.json and the teacher cache for the KD objective)
                   fraction:float=1.0, # data fraction: its studies and training utterances
@@ -563,6 +590,7 @@ def search_worker(run_dir, # run directory (config.json; splits.json and the tea
                   export:bool=True, # write the study's folder under RUN_DIR/search/ when it is done
                   replicate:int=0, # replicate search of the fraction (see `rundir.study_key`)
                   wait:bool=True, # wait for other workers' last trials (False: return as soon as no trial is left to start)
+                  progress:bool=False, # write the fraction's progress records (`report_search_progress`) for `asr-kd run`
                  ) -> dict:
     "One worker on a replicate study of the fraction: run trials until it has `n_trials` finished ones; returns the summary."
     cfg = load_config(run_dir); sc = cfg.search
@@ -574,12 +602,14 @@ def search_worker(run_dir, # run directory (config.json; splits.json and the tea
     try:
         scorer, seed = make_scorer(load_scorer_factory(objective if objective is not None else sc.objective), run_dir, fraction, cfg, replicate)
         with lock:
-            study = optuna.create_study(storage=open_storage(url, sc), study_name=name, direction='minimize',
+            db = open_storage(url, sc)
+            study = optuna.create_study(storage=db, study_name=name, direction='minimize',
                                         pruner=make_pruner(sc), load_if_exists=True)
             study.set_user_attr('space', sc.space); study.set_user_attr('fraction', fraction_key(fraction))
             study.set_user_attr('replicate', int(replicate)); study.set_user_attr('subset_seed', seed)
             study.set_user_attr('select_on', sc.select_on)
             with _quiet(): study.set_metric_names([objective_name(sc.select_on)])   # what optuna-dashboard calls the objective
+            if progress: report_search_progress(db, fraction, sc, sc.replicates * n)   # where the search stands as this worker joins
         def start(trial):
             trial.study.sampler = _sampler(sc, cfg.seed, fraction, replicate, trial.number)
             lock.release()
@@ -600,6 +630,7 @@ def search_worker(run_dir, # run directory (config.json; splits.json and the tea
                 study.optimize(trial_objective(scorer, dims, sc.pruner, on_start=start), n_trials=1, catch=(Exception,))
             finally: lock.release()
             ran += 1
+            if progress: report_search_progress(db, fraction, sc, sc.replicates * n)   # one record per trial, with the best so far
         c = trial_counts(study)
         log.info('%s: %d finished trials (%d complete, %d pruned, %d failed); this worker ran %d',
                  name, c['finished'], c['COMPLETE'], c['PRUNED'], c['FAIL'], ran)
@@ -628,25 +659,26 @@ def pin_device(index:int|None): # GPU index of this worker process (None: CPU, n
     import torch
     torch.cuda.set_device(int(index))
 
-def _stage_worker(run_dir:str, fraction:float, objective=None, device_index:int|None=None) -> list[int]:
+def _stage_worker(run_dir:str, fraction:float, objective=None, device_index:int|None=None, progress:bool=False) -> list[int]:
     "One local worker of the search stage: trials of each replicate study of `fraction` in turn; the trials it ran per study."
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pin_device(device_index)
     cfg = load_config(run_dir)
-    return [search_worker(run_dir, fraction, objective=objective, export=False, replicate=r, wait=False)['ran']
+    return [search_worker(run_dir, fraction, objective=objective, export=False, replicate=r, wait=False, progress=progress)['ran']
             for r in range(cfg.search.replicates)]
 
 def search_stage(run_dir, # run directory (config, splits, teacher cache)
                  fraction:float, # data fraction: every replicate study of it
                  workers:int|None=None, # local worker processes; None: `search.workers`, else `search.workers_per_device` per device
                  objective=None, # scorer factory (with workers > 1: 'module:function'); None: the config's
+                 progress:bool=False, # progress records for `asr-kd run` (trials done of R x n_trials, best so far; see `report_search_progress`)
                 ) -> dict:
     "The search stage of one fraction: W local workers through its R replicate studies, then their results and summary."
     from asr_kd_nb.kd import run_parallel, available_cores
     cfg = load_config(run_dir); sc = cfg.search
     devs = worker_devices(resolve_device(cfg.device), int(workers or sc.workers), sc.workers_per_device); w = len(devs)
     t0 = time.time()
-    ran = run_parallel(_stage_worker, [(str(run_dir), float(fraction), objective, dv) for dv in devs], workers=w,
+    ran = run_parallel(_stage_worker, [(str(run_dir), float(fraction), objective, dv, progress) for dv in devs], workers=w,
                        desc=f'{frac_label(fraction)} workers')
     url, reps = storage_url(sc.storage or default_storage(run_dir)), []
     for r in range(sc.replicates):
@@ -659,6 +691,7 @@ def search_stage(run_dir, # run directory (config, splits, teacher cache)
                'trials_per_worker': ran, 'cpu_s': sum(s['cpu_s'] for s in reps), 'wall_s': round(time.time() - t0, 1),
                'best': {s['study']: s['best'] for s in reps}}
     write_json(fraction_summary_path(run_dir, fraction), summary)
+    if progress: report_search_progress(open_storage(url, sc), fraction, sc)   # the last record: every trial finished
     return summary
 
 # %% ../nbs/06_search.ipynb #c037
