@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 # %% auto #0
-__all__ = ['PRESETS', 'log', 'HUB_MODES', 'HUB_ID', 'PROGRESS_ENV', 'SMOKE_RUN', 'config_section', 'ConfigError', 'require',
-           'value_fits', 'check_types', 'from_dict', 'section_preset', 'StudyConfig', 'study_config', 'write_json',
-           'read_json', 'save_figure', 'available_cores', 'set_threads', 'torch_threads', 'config_hash', 'save_config',
-           'config_from_dict', 'load_config', 'resolve_device', 'derive_seed', 'check_device', 'MissingSourceError',
-           'apply_hub_mode', 'hub_offline', 'hub_reachable', 'looks_like_path', 'in_hf_cache', 'download_advice',
-           'resolve_source', 'Source', 'config_source', 'config_check', 'hub_lookup', 'check_source', 'InvalidConfig',
-           'validate_config', 'report_progress', 'require_run_dir', 'clusters_needed']
+__all__ = ['PRESETS', 'log', 'HUB_MODES', 'SEED_LIMIT', 'SEED_RANGE', 'HUB_ID', 'SEED_KEYS', 'SEED_COUNTS', 'PROGRESS_ENV',
+           'SMOKE_RUN', 'config_section', 'ConfigError', 'require', 'value_fits', 'check_types', 'from_dict',
+           'section_preset', 'StudyConfig', 'study_config', 'write_json', 'read_json', 'save_figure', 'available_cores',
+           'set_threads', 'torch_threads', 'config_hash', 'save_config', 'config_from_dict', 'load_config',
+           'resolve_device', 'derive_seed', 'check_device', 'MissingSourceError', 'apply_hub_mode', 'hub_offline',
+           'hub_reachable', 'looks_like_path', 'in_hf_cache', 'download_advice', 'resolve_source', 'Source',
+           'config_source', 'config_check', 'hub_lookup', 'check_source', 'InvalidConfig', 'validate_config',
+           'check_seed', 'check_seeds', 'model_dir_config', 'report_progress', 'require_run_dir', 'clusters_needed']
 
 # %% ../nbs/00_config.ipynb #c005
 PRESETS = ('smoke', 'default', 'full', 'paper')
@@ -81,6 +82,8 @@ def section_preset(cls, preset:str='smoke'): # section dataclass, one of `PRESET
 
 # %% ../nbs/00_config.ipynb #c010
 HUB_MODES = ('auto', 'online', 'offline')
+SEED_LIMIT = 2**32   # numpy's generators, torch.manual_seed and Optuna's samplers all accept 0 <= seed < 2**32
+SEED_RANGE = 'a seed: an integer in [0, 2**32 - 1] (what numpy, torch and Optuna all accept)'
 
 @dataclass
 class StudyConfig:
@@ -94,6 +97,7 @@ class StudyConfig:
     def __post_init__(self):
         require(self.preset in PRESETS, 'preset', self.preset, f'one of {PRESETS}')
         require(type(self.seed) is int, 'seed', self.seed, 'an integer')
+        require(0 <= self.seed < SEED_LIMIT, 'seed', self.seed, SEED_RANGE)
         require(isinstance(self.device, str) and re.fullmatch(r'auto|cpu|cuda(:\d+)?', self.device) is not None, 'device',
                 self.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
         require(self.hub in HUB_MODES, 'hub', self.hub, f'one of {HUB_MODES}')
@@ -414,6 +418,40 @@ def validate_config(cfg:StudyConfig) -> StudyConfig:
             except ValueError as e: problems.append(str(e))
     if problems: raise InvalidConfig(problems)
     return cfg
+
+# %% ../nbs/00_config.ipynb #h21s02
+SEED_KEYS = ('seed', 'corpus.seed', 'kd.seeds', 'datasize.panel_seeds', 'datasize.regret_seeds')   # every seed of the config
+SEED_COUNTS = ('strategies.full_seeds',)   # fields named like seeds that count seeds
+
+def check_seed(key:str, # the config key, for the message
+               value, # a seed, or a list of seeds
+              ):
+    "Raise `ConfigError` naming `key` unless `value` (each value of a list) is a seed numpy, torch and Optuna accept."
+    for s in (value if isinstance(value, (list, tuple)) else [value]):
+        require(type(s) is int and 0 <= s < SEED_LIMIT, key, value, SEED_RANGE)
+
+@config_check
+def check_seeds(cfg:StudyConfig):
+    "Every seed of `SEED_KEYS` whose section is registered."
+    for key in SEED_KEYS:
+        sec, _, name = key.rpartition('.')
+        if sec and sec not in _SECTIONS: continue   # its stage chapter is not part of this package
+        check_seed(key, getattr(getattr(cfg, sec), name) if sec else cfg.seed)
+
+# %% ../nbs/00_config.ipynb #h21s05
+def model_dir_config(path, # a local model directory (a `save_pretrained` folder or our own teacher)
+                     key:str, # its config key, for messages
+                     what:str='model', # what it should hold, for messages
+                    ) -> dict:
+    "The `config.json` of model directory `path`; `ConfigError` naming `key` when it is no directory or has no readable config."
+    p = Path(path)
+    require(p.is_dir(), key, str(path), f'a {what} directory (a folder with config.json), got a file')
+    require((p/'config.json').is_file(), key, str(path), f'this folder has no config.json, so it holds no {what} '
+            f'(a `save_pretrained` folder or a hub snapshot has one); point {key} at the folder that holds the model')
+    try: d = json.loads((p/'config.json').read_text(encoding='utf-8'))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ConfigError(key, str(path), f'its config.json is not valid JSON: {e}') from None
+    require(isinstance(d, dict), key, str(path), 'its config.json must hold a JSON object')
+    return d
 
 # %% ../nbs/00_config.ipynb #c023b
 PROGRESS_ENV = 'ASR_KD_PROGRESS'
