@@ -53,7 +53,12 @@ def published_trials(url):
     finally: lock.close()
 
 
+HANG_GUARD = 900   # seconds: only a hung worker takes this long; never a measure of speed (a loaded machine is slow, not wrong)
+
+
 def wait_all(procs, timeout, logs):
+    "Wait for the workers to exit (they publish their results before); `timeout` only guards against a hang."
+    timeout = max(timeout, HANG_GUARD)
     t0 = time.time()
     for p in procs:
         try: p.wait(timeout=max(1, timeout - (time.time() - t0)))
@@ -92,7 +97,7 @@ def test_resume_after_kill(tmp_path):
     p = start_worker(run, url, 0.4, open(logs[0], 'w'))
     t0, victim = time.time(), None
     created = False
-    while time.time() - t0 < 90 and p.poll() is None:
+    while time.time() - t0 < HANG_GUARD and p.poll() is None:
         time.sleep(0.2)
         if not created:   # first wait for the worker to create its storage and study (read under its lock)
             created = published_trials(url) is not None
