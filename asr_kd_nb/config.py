@@ -11,13 +11,14 @@ from typing import Any, ClassVar
 
 # %% auto #0
 __all__ = ['PRESETS', 'log', 'HUB_MODES', 'SEED_LIMIT', 'SEED_RANGE', 'HUB_ID', 'SEED_KEYS', 'SEED_COUNTS', 'PROGRESS_ENV',
-           'SMOKE_RUN', 'config_section', 'ConfigError', 'require', 'value_fits', 'check_types', 'from_dict',
-           'section_preset', 'StudyConfig', 'study_config', 'write_json', 'read_json', 'save_figure', 'available_cores',
-           'set_threads', 'torch_threads', 'config_hash', 'save_config', 'config_from_dict', 'load_config',
-           'resolve_device', 'derive_seed', 'check_device', 'MissingSourceError', 'apply_hub_mode', 'hub_offline',
-           'hub_reachable', 'looks_like_path', 'in_hf_cache', 'download_advice', 'resolve_source', 'Source',
-           'config_source', 'config_check', 'hub_lookup', 'check_source', 'InvalidConfig', 'validate_config',
-           'check_seed', 'check_seeds', 'model_dir_config', 'report_progress', 'require_run_dir', 'clusters_needed']
+           'SMOKE_RUN', 'RANGE_RULES', 'AUDIT_BEGIN', 'AUDIT_END', 'config_section', 'ConfigError', 'require',
+           'value_fits', 'check_types', 'from_dict', 'section_preset', 'StudyConfig', 'study_config', 'write_json',
+           'read_json', 'save_figure', 'available_cores', 'set_threads', 'torch_threads', 'config_hash', 'save_config',
+           'config_from_dict', 'load_config', 'resolve_device', 'derive_seed', 'check_device', 'MissingSourceError',
+           'apply_hub_mode', 'hub_offline', 'hub_reachable', 'looks_like_path', 'in_hf_cache', 'download_advice',
+           'resolve_source', 'Source', 'config_source', 'config_check', 'hub_lookup', 'check_source', 'InvalidConfig',
+           'validate_config', 'check_seed', 'check_seeds', 'model_dir_config', 'report_progress', 'require_run_dir',
+           'clusters_needed', 'check_ranges', 'config_audit', 'audit_markdown', 'write_config_audit']
 
 # %% ../nbs/00_config.ipynb #c005
 PRESETS = ('smoke', 'default', 'full', 'paper')
@@ -503,3 +504,100 @@ def clusters_needed(splits, # `SplitsConfig`, or the raw `splits` dict of a conf
     test, train = list(get('test_clusters', [])), list(get('train_clusters', []))
     n = (len(test) or get('n_test_folds', 1)) + (len(train) or 1)
     return max([n] + [c + 1 for c in test + train])
+
+# %% ../nbs/00_config.ipynb #h21a02
+RANGE_RULES = {   # key -> (test, accepted): ranges of keys whose section does not check them itself
+    'clustering.vad_db': (lambda v: v > 0, 'dB > 0'),
+    'clustering.umap_max_points': (lambda v: v >= 0, 'an integer >= 0 (0: every utterance)'),
+    'clustering.kmeans_inits': (lambda v: len(v) > 0 and set(v) <= {'k-means++', 'random'}, "a non-empty list of 'k-means++', 'random'"),
+    'conformer.width_divisor': (lambda v: v >= 1, 'an integer >= 1'),
+    'conformer.layer_divisor': (lambda v: v > 0, 'a number > 0'),
+    'conformer.check_frames': (lambda v: v >= 1, 'an integer >= 1'),
+    'conformer.check_atol': (lambda v: v > 0, 'a tolerance > 0'),
+    'datasize.learned_cer': (lambda v: v > 0, 'a CER > 0'),
+    'kd.threads': (lambda v: v >= 0, 'an integer >= 0 (0: every core)'),
+    'search.sampler_startup_trials': (lambda v: v >= 0, 'an integer >= 0'),
+    'search.pruner_startup_trials': (lambda v: v >= 0, 'an integer >= 0'),
+    'search.pruner_warmup_steps': (lambda v: v >= 0, 'an integer >= 0'),
+    'search.wilcoxon_p': (lambda v: 0 < v < 1, 'a p-value in (0, 1)'),
+    'search.max_retry': (lambda v: v >= 0, 'an integer >= 0'),
+    'search.max_failures': (lambda v: v >= 0, 'an integer >= 0'),
+    'search.poll_seconds': (lambda v: v > 0, 'seconds > 0'),
+    'search.objective': (lambda v: v == '' or re.fullmatch(r'[\w.]+:\w+', v) is not None, "'' (the KD objective) or 'module:function'"),
+    'strategies.startup_trials': (lambda v: v >= 0, 'an integer >= 0'),
+    'strategies.pareto_trials': (lambda v: v >= 0, 'an integer >= 0'),
+    'strategies.pareto_tolerance': (lambda v: v >= 0, 'a share >= 0'),
+    'strategies.latency_seconds': (lambda v: v > 0, 'seconds > 0'),
+    'strategies.objective': (lambda v: re.fullmatch(r'\w+|[\w.]+:\w+', v) is not None, "a scorer name ('kd', 'synthetic') or 'module:function'"),
+    'teacher.ffn_dim': (lambda v: v >= 1, 'an integer >= 1'),
+    'teacher.n_mels': (lambda v: v >= 1, 'an integer >= 1'),
+    'teacher.dropout': (lambda v: 0 <= v < 1, 'a probability in [0, 1)'),
+    'teacher.learning_rate': (lambda v: v > 0, 'a learning rate > 0'),
+    'teacher.warmup_steps': (lambda v: v >= 0, 'an integer >= 0'),
+    'teacher.threads': (lambda v: v >= 0, 'an integer >= 0 (0: every core)'),
+}
+
+@config_check
+def check_ranges(cfg:StudyConfig):
+    "The ranges of `RANGE_RULES` (keys of registered sections only)."
+    for key, (ok, accepted) in RANGE_RULES.items():
+        sec, name = key.split('.')
+        if sec in _SECTIONS: require(ok(getattr(getattr(cfg, sec), name)), key, getattr(getattr(cfg, sec), name), accepted)
+
+# %% ../nbs/00_config.ipynb #h21a04
+def _reads(src:str, section:str, key:str) -> bool:
+    "Whether module or function source `src` reads `section.key` (names the section and the key as an attribute or a string)."
+    return (re.search(rf"\.{section}\b|['\"]{section}['\"]", src) is not None
+            and re.search(rf"\.{key}\b|['\"]{key}['\"]", src) is not None)
+
+def config_audit(stages=None, # [(stage name, module name)] in run order; default: the pipeline's stages
+                ) -> list[dict]:
+    "Every config key with the first stage that reads it and what checks it before stage 00, found in the code."
+    import importlib, inspect
+    if stages is None:
+        from asr_kd_nb.pipeline import STAGES, available_stages
+        available_stages(); stages = [(s.name, s.module) for s in STAGES]
+    srcs = [(n, m, inspect.getsource(importlib.import_module(f'asr_kd_nb.{m}'))) for n, m in stages]
+    checks = [(fn.__name__, inspect.getsource(fn)) for fn in _CHECKS]
+    run_wide = {'preset': ('asr-kd run', ['value']), 'seed': (next((n for n, _, s in srcs if re.search(r'derive_seed\(s?cfg\.seed', s)), '?'), ['value', 'check_seeds']),
+                'device': ('asr-kd run', ['value', 'check_device']), 'hub': ('asr-kd run', ['value', 'apply_hub_mode'])}
+    rows = [{'key': k, 'first_read': r, 'checked': c} for k, (r, c) in run_wide.items()]
+    for sec, cls in sorted(_SECTIONS.items()):
+        if sec.startswith('_'): continue
+        own = ''.join(inspect.getsource(getattr(cls, m)) for m in ('__post_init__', 'validate') if m in cls.__dict__)
+        owner = next((n for n, m, _ in srcs if m == sec), '?')
+        for f in fields(cls):
+            key = f'{sec}.{f.name}'
+            first = next((n for n, m, s in srcs if m != sec and _reads(s, sec, f.name) and n < owner), owner)
+            c = ['type']
+            if re.search(rf"self\.{f.name}\b|['\"]{f.name}['\"]", own): c.append('section')
+            if key in RANGE_RULES: c.append('check_ranges')
+            if any((s.section, s.key) == (sec, f.name) or (s.section, s.revision_key) == (sec, f.name) for s in _SOURCES): c.append('source')
+            if key in SEED_KEYS: c.append('check_seeds')
+            c += [n for n, s in checks if n not in c and n != 'check_seeds' and _reads(s, sec, f.name)]
+            rows.append({'key': key, 'first_read': first, 'checked': c})
+    return rows
+
+def audit_markdown(rows:list) -> str:
+    "The audit as a Markdown table."
+    lines = ['| key | first read by | checked before stage 00 by |', '|---|---|---|']
+    lines += [f"| `{r['key']}` | {r['first_read']} | {', '.join(r['checked'])} |" for r in rows]
+    return '\n'.join(lines)
+
+# %% ../nbs/00_config.ipynb #h21a06
+AUDIT_BEGIN, AUDIT_END = '<!-- config audit: made by write_config_audit -->', '<!-- end of config audit -->'
+
+def write_config_audit(nb=None, # the config chapter (default: nbs/00_config.ipynb of this package's repository)
+                       check:bool=False, # only tell whether the chapter's table is the one the code makes
+                      ) -> bool:
+    "Write `audit_markdown(config_audit())` into the chapter's audit cell; True when it was already current."
+    import importlib.util
+    nb = Path(nb or Path(importlib.util.find_spec('asr_kd_nb').origin).resolve().parents[1]/'nbs'/'00_config.ipynb')
+    d = json.loads(nb.read_text(encoding='utf-8'))
+    cell = next(c for c in d['cells'] if c['cell_type'] == 'markdown' and ''.join(c['source']).startswith(AUDIT_BEGIN))
+    text = f'{AUDIT_BEGIN}\n{audit_markdown(config_audit())}\n{AUDIT_END}'
+    same = ''.join(cell['source']) == text
+    if not check and not same:
+        cell['source'] = text.splitlines(keepends=True)
+        nb.write_text(json.dumps(d, indent=1, ensure_ascii=False) + '\n', encoding='utf-8')
+    return same
