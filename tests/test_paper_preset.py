@@ -86,3 +86,15 @@ def test_paper_preset_end_to_end_on_local_copies(tmp_path, local_sources, ood):
     dest = publish_results(run, tmp_path/'images')                 # what the README is made from copes as well
     assert json.loads((dest/'results.json').read_text())['preset'] == 'paper'
     assert run_headline(run)['preset'] == 'paper'
+
+
+def test_hf_out_of_domain_ids_do_not_collide_with_the_main_sets(tmp_path):
+    "Golos and VoxForge both have a split 'test': the out-of-domain set's ids (and audio files) must stay apart from the main set's."
+    from asr_kd_nb.corpus import CorpusConfig, build_corpus, read_manifest
+    cfg = CorpusConfig(source='hf', hf_dataset=golos_like(tmp_path/'golos', 8, 0), ood_dataset=golos_like(tmp_path/'vox', 4, 1),
+                       ood_splits=['train', 'test'])
+    build_corpus(cfg, tmp_path/'run')
+    main, ood = (read_manifest(tmp_path/'run'/'corpus'/f) for f in ('manifest.jsonl', 'ood_manifest.jsonl'))
+    assert len(main) == 8 and len(ood) == 3                          # splits train (2) and test (1) of the 4 clips
+    assert not {u.id for u in main} & {u.id for u in ood} and all(u.id.startswith('ood-') for u in ood)
+    assert len({u.audio_filepath for u in main + ood}) == 11          # no audio file written twice
