@@ -77,8 +77,9 @@ def test_paper_preset_end_to_end_on_local_copies(tmp_path, local_sources, ood):
     card = summary['card']
     html = (run/'report'/'html'/'index.html').read_text(encoding='utf-8')
     if ood:
-        assert report['ood_stats']['utterances'] == 8 and card['corpus']['ood_utterances'] == 8
-        assert card['teacher']['ood_cer'] is not None and '8 out-of-domain utterances' in r.stderr
+        # the paper reads the out-of-domain set's split 'test' (corpus.ood_splits): the last quarter of its 8 clips
+        assert report['ood_stats']['utterances'] == 2 and card['corpus']['ood_utterances'] == 2
+        assert card['teacher']['ood_cer'] is not None and '2 out-of-domain utterances' in r.stderr
     else:
         assert report['ood_stats'] is None and card['corpus']['ood_utterances'] == 0 and card['teacher']['ood_cer'] is None
         assert 'no out-of-domain set' in r.stderr and 'no out-of-domain set' in html   # said, in the headline and the HTML
