@@ -17,12 +17,13 @@ from .corpus import read_manifest, decode_audio, SAMPLE_RATE
 
 # %% auto #0
 __all__ = ['CLUSTERERS', 'EMBEDDERS', 'ALGORITHMS', 'log', 'ALGORITHM_NAMES', 'Clusterer', 'register_clusterer',
-           'ClusteringConfig', 'mfcc_statistics', 'standardise_rows', 'l2_normalise', 'embed_xvectors', 'embed_mfcc',
-           'embed_utterances', 'condensed_distances', 'cut_tree', 'birch_labels', 'silhouette_from_distances',
-           'row_name', 'readable_name', 'clustering_grid', 'relabel_by_size', 'silhouette_sample_distances',
-           'sweep_families', 'score_row', 'sweep_clusterings', 'chosen_spec', 'choose_row', 'check_chosen', 'exact_knn',
-           'umap_2d', 'plot_umap', 'plot_silhouettes', 'write_labels', 'read_labels', 'stage_embeddings',
-           'chosen_record', 'umap_colourings', 'draw_clustering', 'cluster_stage', 'synthetic_speaker_vectors']
+           'ClusteringConfig', 'check_xvector_dir', 'check_xvector_model', 'mfcc_statistics', 'standardise_rows',
+           'l2_normalise', 'embed_xvectors', 'embed_mfcc', 'embed_utterances', 'condensed_distances', 'cut_tree',
+           'birch_labels', 'silhouette_from_distances', 'row_name', 'readable_name', 'clustering_grid',
+           'relabel_by_size', 'silhouette_sample_distances', 'sweep_families', 'score_row', 'sweep_clusterings',
+           'chosen_spec', 'choose_row', 'check_chosen', 'exact_knn', 'umap_2d', 'plot_umap', 'plot_silhouettes',
+           'write_labels', 'read_labels', 'stage_embeddings', 'chosen_record', 'umap_colourings', 'draw_clustering',
+           'cluster_stage', 'synthetic_speaker_vectors']
 
 # %% ../nbs/01_clustering.ipynb #h14a42
 @dataclass(frozen=True)
@@ -123,6 +124,29 @@ class ClusteringConfig:
             require(getattr(self, k) >= 1, f'clustering.{k}', getattr(self, k), 'an integer >= 1')
 
 config_source('clustering', 'xvector_model', 'x-vector model', used=lambda c: c.embedder == 'xvector', revision_key='xvector_revision')
+
+# %% ../nbs/01_clustering.ipynb #h21c02
+from .config import config_check, model_dir_config
+
+def check_xvector_dir(path, # a local x-vector model directory
+                      key:str='clustering.xvector_model', # its config key, for messages
+                     ) -> dict:
+    "The `config.json` of a local `Wav2Vec2ForXVector` folder that `embed_xvectors` can load; `ConfigError` naming `key` otherwise."
+    conf, p = model_dir_config(path, key, 'x-vector model'), Path(path)
+    archs = conf.get('architectures') or []
+    require(conf.get('model_type') == 'wav2vec2' and 'Wav2Vec2ForXVector' in archs, key, str(path),
+            f"an x-vector model: config.json with model_type 'wav2vec2' and architectures ['Wav2Vec2ForXVector']; it says "
+            f"model_type={conf.get('model_type')!r}, architectures={archs}")
+    missing = [' or '.join(alt) for alt in (('preprocessor_config.json', 'processor_config.json'), ('model.safetensors', 'pytorch_model.bin',
+               'model.safetensors.index.json', 'pytorch_model.bin.index.json')) if not any((p/f).is_file() for f in alt)]
+    require(not missing, key, str(path), f'an x-vector folder needs {missing} beside config.json')
+    return conf
+
+@config_check
+def check_xvector_model(cfg):
+    "A local `clustering.xvector_model` holds an x-vector model (when the embedder is 'xvector')."
+    c = cfg.clustering
+    if c.embedder == 'xvector' and Path(c.xvector_model).exists(): check_xvector_dir(c.xvector_model)
 
 # %% ../nbs/01_clustering.ipynb #c007
 @functools.lru_cache(maxsize=4)

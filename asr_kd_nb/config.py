@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 # %% auto #0
-__all__ = ['PRESETS', 'log', 'HUB_MODES', 'HUB_ID', 'PROGRESS_ENV', 'SMOKE_RUN', 'config_section', 'ConfigError', 'require',
+__all__ = ['PRESETS', 'log', 'HUB_MODES', 'SEED_LIMIT', 'SEED_RANGE', 'HUB_ID', 'SEED_KEYS', 'SEED_COUNTS', 'PROGRESS_ENV',
+           'SMOKE_RUN', 'RANGE_RULES', 'AUDIT_BEGIN', 'AUDIT_END', 'config_section', 'ConfigError', 'require',
            'value_fits', 'check_types', 'from_dict', 'section_preset', 'StudyConfig', 'study_config', 'write_json',
            'read_json', 'save_figure', 'available_cores', 'set_threads', 'torch_threads', 'config_hash', 'save_config',
            'config_from_dict', 'load_config', 'resolve_device', 'derive_seed', 'check_device', 'MissingSourceError',
            'apply_hub_mode', 'hub_offline', 'hub_reachable', 'looks_like_path', 'in_hf_cache', 'download_advice',
            'resolve_source', 'Source', 'config_source', 'config_check', 'hub_lookup', 'check_source', 'InvalidConfig',
-           'validate_config', 'report_progress', 'require_run_dir', 'clusters_needed']
+           'validate_config', 'check_seed', 'check_seeds', 'model_dir_config', 'report_progress', 'require_run_dir',
+           'clusters_needed', 'check_ranges', 'config_audit', 'audit_markdown', 'write_config_audit']
 
 # %% ../nbs/00_config.ipynb #c005
 PRESETS = ('smoke', 'default', 'full', 'paper')
@@ -81,6 +83,8 @@ def section_preset(cls, preset:str='smoke'): # section dataclass, one of `PRESET
 
 # %% ../nbs/00_config.ipynb #c010
 HUB_MODES = ('auto', 'online', 'offline')
+SEED_LIMIT = 2**32   # numpy's generators, torch.manual_seed and Optuna's samplers all accept 0 <= seed < 2**32
+SEED_RANGE = 'a seed: an integer in [0, 2**32 - 1] (what numpy, torch and Optuna all accept)'
 
 @dataclass
 class StudyConfig:
@@ -94,6 +98,7 @@ class StudyConfig:
     def __post_init__(self):
         require(self.preset in PRESETS, 'preset', self.preset, f'one of {PRESETS}')
         require(type(self.seed) is int, 'seed', self.seed, 'an integer')
+        require(0 <= self.seed < SEED_LIMIT, 'seed', self.seed, SEED_RANGE)
         require(isinstance(self.device, str) and re.fullmatch(r'auto|cpu|cuda(:\d+)?', self.device) is not None, 'device',
                 self.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
         require(self.hub in HUB_MODES, 'hub', self.hub, f'one of {HUB_MODES}')
@@ -415,6 +420,40 @@ def validate_config(cfg:StudyConfig) -> StudyConfig:
     if problems: raise InvalidConfig(problems)
     return cfg
 
+# %% ../nbs/00_config.ipynb #h21s02
+SEED_KEYS = ('seed', 'corpus.seed', 'kd.seeds', 'splits.subset_seeds', 'datasize.table_seeds')   # every seed of the config
+SEED_COUNTS = ('strategies.full_seeds', 'verdicts.prior_seed_sd')   # fields named like seeds that are not seeds (a count, a noise level)
+
+def check_seed(key:str, # the config key, for the message
+               value, # a seed, or a list of seeds
+              ):
+    "Raise `ConfigError` naming `key` unless `value` (each value of a list) is a seed numpy, torch and Optuna accept."
+    for s in (value if isinstance(value, (list, tuple)) else [value]):
+        require(type(s) is int and 0 <= s < SEED_LIMIT, key, value, SEED_RANGE)
+
+@config_check
+def check_seeds(cfg:StudyConfig):
+    "Every seed of `SEED_KEYS` whose section is registered."
+    for key in SEED_KEYS:
+        sec, _, name = key.rpartition('.')
+        if sec and sec not in _SECTIONS: continue   # its stage chapter is not part of this package
+        check_seed(key, getattr(getattr(cfg, sec), name) if sec else cfg.seed)
+
+# %% ../nbs/00_config.ipynb #h21s05
+def model_dir_config(path, # a local model directory (a `save_pretrained` folder or our own teacher)
+                     key:str, # its config key, for messages
+                     what:str='model', # what it should hold, for messages
+                    ) -> dict:
+    "The `config.json` of model directory `path`; `ConfigError` naming `key` when it is no directory or has no readable config."
+    p = Path(path)
+    require(p.is_dir(), key, str(path), f'a {what} directory (a folder with config.json), got a file')
+    require((p/'config.json').is_file(), key, str(path), f'this folder has no config.json, so it holds no {what} '
+            f'(a `save_pretrained` folder or a hub snapshot has one); point {key} at the folder that holds the model')
+    try: d = json.loads((p/'config.json').read_text(encoding='utf-8'))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ConfigError(key, str(path), f'its config.json is not valid JSON: {e}') from None
+    require(isinstance(d, dict), key, str(path), 'its config.json must hold a JSON object')
+    return d
+
 # %% ../nbs/00_config.ipynb #c023b
 PROGRESS_ENV = 'ASR_KD_PROGRESS'
 _last_progress: dict[str, float] = {}
@@ -465,3 +504,103 @@ def clusters_needed(splits, # `SplitsConfig`, or the raw `splits` dict of a conf
     test, train = list(get('test_clusters', [])), list(get('train_clusters', []))
     n = (len(test) or get('n_test_folds', 1)) + get('n_dev_folds', 0) + (len(train) or 1)
     return max([n] + [c + 1 for c in test + train])
+
+# %% ../nbs/00_config.ipynb #h21a02
+RANGE_RULES = {   # key -> (test, accepted): ranges of keys whose section does not check them itself
+    'clustering.vad_db': (lambda v: v > 0, 'dB > 0'),
+    'clustering.umap_max_points': (lambda v: v >= 0, 'an integer >= 0 (0: every utterance)'),
+    'clustering.kmeans_inits': (lambda v: len(v) > 0 and set(v) <= {'k-means++', 'random'}, "a non-empty list of 'k-means++', 'random'"),
+    'conformer.width_divisor': (lambda v: v >= 1, 'an integer >= 1'),
+    'conformer.layer_divisor': (lambda v: v > 0, 'a number > 0'),
+    'conformer.check_frames': (lambda v: v >= 1, 'an integer >= 1'),
+    'conformer.check_atol': (lambda v: v > 0, 'a tolerance > 0'),
+    'kd.threads': (lambda v: v >= 0, 'an integer >= 0 (0: every core)'),
+    'search.sampler_startup_trials': (lambda v: v >= 0, 'an integer >= 0'),
+    'search.pruner_startup_trials': (lambda v: v >= 0, 'an integer >= 0'),
+    'search.pruner_warmup_steps': (lambda v: v >= 0, 'an integer >= 0'),
+    'search.wilcoxon_p': (lambda v: 0 < v < 1, 'a p-value in (0, 1)'),
+    'search.max_retry': (lambda v: v >= 0, 'an integer >= 0'),
+    'search.max_failures': (lambda v: v >= 0, 'an integer >= 0'),
+    'search.poll_seconds': (lambda v: v > 0, 'seconds > 0'),
+    'search.objective': (lambda v: v == '' or re.fullmatch(r'[\w.]+:\w+', v) is not None, "'' (the KD objective) or 'module:function'"),
+    'strategies.startup_trials': (lambda v: v >= 0, 'an integer >= 0'),
+    'strategies.pareto_trials': (lambda v: v >= 0, 'an integer >= 0'),
+    'strategies.pareto_tolerance': (lambda v: v >= 0, 'a share >= 0'),
+    'strategies.latency_seconds': (lambda v: v > 0, 'seconds > 0'),
+    'corpus.real_speech_dir': (lambda v: not v or not Path(v).exists() or (Path(v)/'etc'/'txt.done.data').is_file(),
+                               "'' or a festvox voice folder holding etc/txt.done.data (a folder that does not exist: no real-speech set)"),
+    'corpus.prose_dir': (lambda v: not v or not Path(v).exists() or Path(v).is_dir(), "'' or a folder of fortune files (one that does not exist: commands only)"),
+    'datasize.objective': (lambda v: v == '' or re.fullmatch(r'[\w.]+:\w+', v) is not None, "'' (KD training) or 'module:function'"),
+    'strategies.objective': (lambda v: re.fullmatch(r'\w+|[\w.]+:\w+', v) is not None, "a scorer name ('kd', 'synthetic') or 'module:function'"),
+    'teacher.ffn_dim': (lambda v: v >= 1, 'an integer >= 1'),
+    'teacher.n_mels': (lambda v: v >= 1, 'an integer >= 1'),
+    'teacher.dropout': (lambda v: 0 <= v < 1, 'a probability in [0, 1)'),
+    'teacher.learning_rate': (lambda v: v > 0, 'a learning rate > 0'),
+    'teacher.warmup_steps': (lambda v: v >= 0, 'an integer >= 0'),
+    'teacher.threads': (lambda v: v >= 0, 'an integer >= 0 (0: every core)'),
+}
+
+@config_check
+def check_ranges(cfg:StudyConfig):
+    "The ranges of `RANGE_RULES` (keys of registered sections only)."
+    for key, (ok, accepted) in RANGE_RULES.items():
+        sec, name = key.split('.')
+        if sec in _SECTIONS: require(ok(getattr(getattr(cfg, sec), name)), key, getattr(getattr(cfg, sec), name), accepted)
+
+# %% ../nbs/00_config.ipynb #h21a04
+def _reads(src:str, section:str, key:str) -> bool:
+    "Whether module or function source `src` reads `section.key` (names the section and the key as an attribute or a string)."
+    return (re.search(rf"\.{section}\b|['\"]{section}['\"]", src) is not None
+            and re.search(rf"\.{key}\b|['\"]{key}['\"]", src) is not None)
+
+def config_audit(stages=None, # [(stage name, module name)] in run order; default: the pipeline's stages
+                ) -> list[dict]:
+    "Every config key with the first stage that reads it and what checks it before stage 00, found in the code."
+    import importlib, inspect
+    if stages is None:
+        from asr_kd_nb.pipeline import STAGES, available_stages
+        available_stages(); stages = [(s.name, s.module) for s in STAGES]
+    srcs = [(n, m, inspect.getsource(importlib.import_module(f'asr_kd_nb.{m}'))) for n, m in stages]
+    checks = [(fn.__name__, inspect.getsource(fn)) for fn in _CHECKS]
+    run_wide = {'preset': ('asr-kd run', ['value']), 'seed': (next((n for n, _, s in srcs if re.search(r'derive_seed\(s?cfg\.seed', s)), '?'), ['value', 'check_seeds']),
+                'device': ('asr-kd run', ['value', 'check_device']), 'hub': ('asr-kd run', ['value', 'apply_hub_mode'])}
+    rows = [{'key': k, 'first_read': r, 'checked': c} for k, (r, c) in run_wide.items()]
+    for sec, cls in sorted(_SECTIONS.items()):
+        if sec.startswith('_'): continue
+        own = ''.join(inspect.getsource(getattr(cls, m)) for m in ('__post_init__', 'validate') if m in cls.__dict__)
+        owner = next((n for n, m, _ in srcs if m == sec), '?')
+        for f in fields(cls):
+            key = f'{sec}.{f.name}'
+            first = next((n for n, m, s in srcs if m != sec and _reads(s, sec, f.name) and n < owner), owner)
+            c = ['type']
+            if re.search(rf"self\.{f.name}\b|['\"]{f.name}['\"]", own): c.append('section')
+            if key in RANGE_RULES: c.append('check_ranges')
+            if any((s.section, s.key) == (sec, f.name) or (s.section, s.revision_key) == (sec, f.name) for s in _SOURCES): c.append('source')
+            if key in SEED_KEYS: c.append('check_seeds')
+            c += [n for n, s in checks if n not in c and n != 'check_seeds' and _reads(s, sec, f.name)]
+            rows.append({'key': key, 'first_read': first, 'checked': c})
+    return rows
+
+def audit_markdown(rows:list) -> str:
+    "The audit as a Markdown table."
+    lines = ['| key | first read by | checked before stage 00 by |', '|---|---|---|']
+    lines += [f"| `{r['key']}` | {r['first_read']} | {', '.join(r['checked'])} |" for r in rows]
+    return '\n'.join(lines)
+
+# %% ../nbs/00_config.ipynb #h21a06
+AUDIT_BEGIN, AUDIT_END = '<!-- config audit: made by write_config_audit -->', '<!-- end of config audit -->'
+
+def write_config_audit(nb=None, # the config chapter (default: nbs/00_config.ipynb of this package's repository)
+                       check:bool=False, # only tell whether the chapter's table is the one the code makes
+                      ) -> bool:
+    "Write `audit_markdown(config_audit())` into the chapter's audit cell; True when it was already current."
+    import importlib.util
+    nb = Path(nb or Path(importlib.util.find_spec('asr_kd_nb').origin).resolve().parents[1]/'nbs'/'00_config.ipynb')
+    d = json.loads(nb.read_text(encoding='utf-8'))
+    cell = next(c for c in d['cells'] if c['cell_type'] == 'markdown' and ''.join(c['source']).startswith(AUDIT_BEGIN))
+    text = f'{AUDIT_BEGIN}\n{audit_markdown(config_audit())}\n{AUDIT_END}'
+    same = ''.join(cell['source']) == text
+    if not check and not same:
+        cell['source'] = text.splitlines(keepends=True)
+        nb.write_text(json.dumps(d, indent=1, ensure_ascii=False) + '\n', encoding='utf-8')
+    return same

@@ -509,7 +509,9 @@ def fake_festvox(d, # folder to create (the voice folder)
 def corpus_candidates(cfg:CorpusConfig, ood:bool=False, exclude:set=frozenset(), prose:list=()):
     "(total, iterator) of candidates for the configured main or out-of-domain source; `prose` sentences are read by the main voices."
     if ood:
-        if cfg.ood_dataset: return hf_candidates(cfg.ood_dataset, cfg.ood_splits, 'corpus.ood_dataset')
+        if cfg.ood_dataset:   # ids (and audio file names) apart from the main set's: both may have a split 'test' ('test-000000')
+            n, it = hf_candidates(cfg.ood_dataset, cfg.ood_splits, 'corpus.ood_dataset')
+            return n, (dict(c, id=f"ood-{c['id']}") for c in it)
         if cfg.source != 'embedded': return 0, iter(())
         n, it, _ = synth_candidates(cfg.n_ood, cfg.n_ood_speakers, cfg.seed, True, exclude, cfg.workers)
         return n, it

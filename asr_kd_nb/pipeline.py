@@ -15,12 +15,12 @@ from typing import Callable
 from .rundir import frac_label, study_key, stage_notebook, RUN_PATHS, run_path
 
 # %% auto #0
-__all__ = ['STAGES', 'KERNEL', 'log', 'PUBLISHED', 'PUBLISHED_DATA', 'LAB_HOOK', 'Stage', 'nbs_dir', 'available_stages',
-           'stage_fingerprint', 'stage_keys', 'stage_done', 'progress_line', 'ProgressWatcher', 'StageFailed',
-           'ensure_kernel', 'execute_stage', 'ConfigMismatch', 'first_stage_of', 'check_run_dir', 'prepare_run_dir',
-           'run_study', 'load_config_file', 'build_config', 'publish_results', 'render_readme', 'write_readme',
-           'run_headline', 'compare_runs', 'clean_on_save', 'lab_command', 'lab_arguments', 'start_lab',
-           'resume_advice', 'main']
+__all__ = ['STAGES', 'KERNEL', 'log', 'RUN_LOCK', 'PUBLISHED', 'PUBLISHED_DATA', 'LAB_HOOK', 'Stage', 'nbs_dir',
+           'available_stages', 'stage_fingerprint', 'stage_keys', 'stage_done', 'progress_line', 'ProgressWatcher',
+           'StageFailed', 'ensure_kernel', 'execute_stage', 'ConfigMismatch', 'first_stage_of', 'check_run_dir',
+           'prepare_run_dir', 'run_study', 'RunDirBusy', 'RunDirLock', 'load_config_file', 'build_config',
+           'publish_results', 'render_readme', 'write_readme', 'run_headline', 'compare_runs', 'clean_on_save',
+           'lab_command', 'lab_arguments', 'start_lab', 'resume_advice', 'main']
 
 # %% ../nbs/11_pipeline.ipynb #c006
 @dataclass(frozen=True)
@@ -282,6 +282,80 @@ def run_study(cfg:StudyConfig, run_dir, stages:list|None=None, # stage names to 
     write_json(tpath, timings)
     return timings
 
+# %% ../nbs/11_pipeline.ipynb #h21p02
+import fcntl, socket
+RUN_LOCK = 'run.lock'   # the lock file in the run directory
+
+class RunDirBusy(ValueError):
+    "Another `asr-kd run` holds the run directory (a usage error: exit 2)."
+
+def _holder(d:dict) -> str:
+    return f"PID {d.get('pid', '?')} on host {d.get('host', '?')}, started {d.get('started', '?')}" + (f", `{d['command']}`" if d.get('command') else '')
+
+class RunDirLock:
+    "The lock of one run directory (`RUN_DIR/run.lock`, host and PID of its holder): one `asr-kd run` at a time."
+    def __init__(self, run_dir, # the run directory (made if missing; folders made here are removed on release when empty)
+                 command:str='', # what holds it, for the message a second run prints
+                 say:Callable=None): # where the take-over notice goes (default: stderr)
+        self.run_dir, self.command, self.say = Path(run_dir).expanduser().resolve(), command, say or _say
+        self.path, self.fd, self.made, self.took_over = self.run_dir/RUN_LOCK, None, [], None
+
+    def _read(self, fd) -> dict:
+        os.lseek(fd, 0, os.SEEK_SET); raw = os.read(fd, 65536)
+        try: return json.loads(raw) if raw.strip() else {}
+        except ValueError: return {'host': '?', 'pid': '?', 'started': f'(unreadable lock file {self.path})'}
+
+    def _open_locked(self):
+        "A descriptor of the current lock file with our flock on it; `RunDirBusy` when a live process holds it."
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held = self._read(fd); os.close(fd)
+                raise RunDirBusy(f'{self.run_dir} is in use by another `asr-kd run` ({_holder(held)}); wait for it to finish '
+                                 f'or use another --run-dir') from None
+            try: same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError: same = False
+            if same: return fd
+            os.close(fd)   # its holder removed that file as we opened it: lock the current one
+
+    def acquire(self):
+        "Take the lock (making the run directory if needed); `RunDirBusy` when another run holds it."
+        self.made = [p for p in [self.run_dir, *self.run_dir.parents] if not p.exists()]
+        try: self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e: raise ValueError(f'--run-dir {self.run_dir} cannot be made: {e}') from None
+        try: fd = self._open_locked()
+        except BaseException: self._remove_made(); raise
+        old, host = self._read(fd), socket.gethostname()
+        if old and old.get('host') != host:
+            os.close(fd); self._remove_made()
+            raise RunDirBusy(f'{self.run_dir} is locked by a run on another host ({_holder(old)}); this host cannot tell whether '
+                             f'it still runs, so the lock is not taken. If that run has ended, delete {self.path} and rerun')
+        if old:
+            self.took_over = old
+            self.say(f'asr-kd: took over the lock of {self.run_dir}: its holder ({_holder(old)}) is gone')
+        me = {'host': host, 'pid': os.getpid(), 'started': datetime.now(timezone.utc).isoformat(timespec='seconds'), 'command': self.command}
+        os.ftruncate(fd, 0); os.lseek(fd, 0, os.SEEK_SET); os.write(fd, (json.dumps(me) + '\n').encode()); os.fsync(fd)
+        self.fd = fd
+        return self
+
+    def _remove_made(self):
+        for p in self.made:   # deepest first; only folders this lock made and that stayed empty
+            try: p.rmdir()
+            except OSError: break
+        self.made = []
+
+    def release(self):
+        "Give the lock back: remove the lock file, then the folders made for it when nothing else was written there."
+        if self.fd is None: return
+        try: self.path.unlink()
+        except FileNotFoundError: pass
+        os.close(self.fd); self.fd = None
+        self._remove_made()
+
+    def __enter__(self): return self.acquire()
+    def __exit__(self, *exc): self.release()
+
 # %% ../nbs/11_pipeline.ipynb #c019
 def load_config_file(path) -> dict:
     "Overrides from a JSON file (`{\"preset\": ..., \"teacher\": {...}}`), with a clear error when unreadable."
@@ -540,8 +614,8 @@ def resume_advice(e:StageFailed) -> str:
             f'command; if you fix it by changing the config, add --force {e.stage} to that command')
 
 # %% ../nbs/11_pipeline.ipynb #c026
-def main(argv:list|None=None) -> int:
-    "Entry point of the `asr-kd` command."
+def _cli(argv:list|None=None) -> int:
+    "The `asr-kd` command, once `main` holds the run directory's lock (`asr-kd run`)."
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     argv = sys.argv[1:] if argv is None else [str(x) for x in argv]
     if argv[:1] == ['bench']:   # the benchmarks own their command line (and import this module): run them in a subprocess
@@ -595,6 +669,23 @@ def main(argv:list|None=None) -> int:
     except StageFailed as e:
         _say(f'asr-kd: {e}\n{resume_advice(e)}'); return 1
     return 0
+
+# %% ../nbs/11_pipeline.ipynb #h21p04
+def _run_dir_arg(argv:list) -> str|None:
+    "The `--run-dir` of an `asr-kd run` command line (None for other commands and for --help), read without importing anything heavy."
+    if argv[:1] != ['run'] or {'-h', '--help'} & set(argv): return None
+    p = argparse.ArgumentParser(add_help=False); p.add_argument('--run-dir')
+    return p.parse_known_args(argv[1:])[0].run_dir
+
+def main(argv:list|None=None) -> int:
+    "Entry point of the `asr-kd` command: `asr-kd run` first takes its run directory's lock (exit 2 when another run holds it)."
+    argv = sys.argv[1:] if argv is None else [str(x) for x in argv]
+    run_dir = _run_dir_arg(argv)
+    if run_dir is None: return _cli(argv)
+    try: lock = RunDirLock(check_run_dir(run_dir), 'asr-kd ' + ' '.join(argv)).acquire()
+    except ValueError as e: _say(f'asr-kd: error: {e}'); return 2
+    try: return _cli(argv)
+    finally: lock.release()
 
 # %% ../nbs/11_pipeline.ipynb #c028
 if __name__ == '__main__': sys.exit(main())   # `python -m asr_kd_nb.pipeline` (not run inside notebooks)

@@ -201,15 +201,15 @@ def _read_opt(run_dir, name:str) -> dict:
 
 # %% ../nbs/06a_report.ipynb #c015f
 def run_card(run_dir) -> dict:
-    "Corpus, teacher, student and compute of a run, read from its files (missing parts are None)."
+    "Corpus, teacher, student and compute of a run, read from its files (missing parts are None; no out-of-domain set: 0 utterances)."
     run_dir = Path(run_dir); cfg = _read_opt(run_dir, 'config'); corpus = _read_opt(run_dir, 'corpus_report')
     teacher = _read_opt(run_dir, 'teacher_json'); base = _read_opt(run_dir, 'kd_baseline'); cache = _read_opt(run_dir, 'cache_index')
-    stats, ood = corpus.get('stats', {}), corpus.get('ood_stats', {})
+    stats, ood = corpus.get('stats') or {}, corpus.get('ood_stats') or {}   # a run without an out-of-domain set has ood_stats None
     rs = corpus.get('real_speech') or {}; real = rs.get('stats') or {}
     audio_s = 3600 * ((stats.get('hours') or 0) + (ood.get('hours') or 0) + (real.get('hours') or 0))
     timings = _read_opt(run_dir, 'timings')
     return {'corpus': {'source': _get(cfg, 'corpus', 'source'), 'utterances': stats.get('utterances'), 'speakers': stats.get('speakers'),
-                       'hours': stats.get('hours'), 'ood_utterances': ood.get('utterances'), 'sample_rate': 16000,
+                       'hours': stats.get('hours'), 'ood_utterances': ood.get('utterances', 0 if corpus else None), 'sample_rate': 16000,
                        'real_speech': rs.get('present') if rs else None, 'real_reason': rs.get('reason'),
                        'real_test_utterances': real.get('utterances'), 'real_test_hours': real.get('hours'),
                        'recorded_train_utterances': _get(rs, 'train', 'accepted')},
@@ -228,6 +228,10 @@ def card_text(card:dict) -> str:
     "The card as three Markdown lines."
     f = lambda v, fmt='{:.3f}': '–' if v is None else fmt.format(v)
     c, t, s, m = card['corpus'], card['teacher'], card['student'], card['compute']
+    no_ood = c['ood_utterances'] == 0   # the corpus stage ran and made no out-of-domain set (None: not known yet)
+    ood_set = 'no out-of-domain set' if no_ood else f"{f(c['ood_utterances'], '{:,}')} out-of-domain utterances"
+    ood_cer = 'no out-of-domain set' if no_ood and t['ood_cer'] is None else f"out-of-domain CER {f(t['ood_cer'])}"
+    kept = f"kept in `{s['kept_in']}`" if s['kept_in'] else 'not kept'
     src = {'espeak': 'synthetic eSpeak NG speech', 'embedded': 'synthetic eSpeak NG speech', 'hf': 'Hugging Face dataset',
            'nemo': 'NeMo manifest'}.get(c['source'], c['source'])
     real = {True: f" Real speech (festvox-ru, one male speaker reading prose): {f(c.get('recorded_train_utterances'), '{:,}')} recorded "
@@ -238,10 +242,10 @@ def card_text(card:dict) -> str:
     rs = f"; real speech CER {f(s.get('real_cer'))} / WER {f(s.get('real_wer'))}" if s.get('real_cer') is not None else ''
     return '\n'.join([
         f"- **Corpus**: {src}, {f(c['utterances'], '{:,}')} utterances of {f(c['speakers'], '{}')} speakers ({f(c['hours'], '{:.2f}')} h, "
-        f"{c['sample_rate'] // 1000} kHz), {f(c['ood_utterances'], '{:,}')} out-of-domain utterances.{real}",
+        f"{c['sample_rate'] // 1000} kHz), {ood_set}.{real}",
         f"- **Teacher**: {t['architecture'] or '–'}, {f(t['parameters'], '{:,}')} parameters, CER {f(t['cer'])} / WER {f(t['wer'])} on the "
-        f"held-out clusters (out-of-domain CER {f(t['ood_cer'])}{rt}), real-time factor {f(t['rtf'], '{:.4f}')} on {t['device'] or '–'}.",
-        f"- **Student** (KD baseline, kept in `{s['kept_in'] or '–'}`): {s['summary'] or '–'}, {f(s['parameters'], '{:,}')} parameters, "
+        f"held-out clusters ({ood_cer}{rt}), real-time factor {f(t['rtf'], '{:.4f}')} on {t['device'] or '–'}.",
+        f"- **Student** (KD baseline, {kept}): {s['summary'] or '–'}, {f(s['parameters'], '{:,}')} parameters, "
         f"CER {f(s['cer'])} / WER {f(s['wer'])}{rs} ({m['preset'] or '–'} preset, device {m['device'] or '–'})."])
 
 # %% ../nbs/06a_report.ipynb #c017
@@ -256,13 +260,13 @@ def headline(run_dir) -> str:
              f'noise ceiling (100 % vs 100 %): regret {f3(c.get("regret"), "{:+.3f}")} {ci(c.get("regret_ci"), "{:+.3f}")}, '
              f'seed-vs-seed ρ {f3(c.get("spearman_rho"), "{:.2f}")} {ci(c.get("spearman_ci"), "{:.2f}")}',
              f'{"search on":>9}  {"best CER":>8}  {"regret [95 % CI]":>26}  {"panel ρ [95 % CI]":>20}  {"R":>2}  {"CPU-h":>6}  {"cost":>5}']
-    for f in s['fractions']:
-        q = s['per_fraction'][f]
+    for f in s.get('fractions') or []:
+        q = (s.get('per_fraction') or {}).get(f) or {}
         rg = f'{f3(q.get("regret"), "{:+.3f}")} {ci(q.get("regret_ci"), "{:+.3f}")}'
         rho = f'{f3(q.get("spearman_rho"), "{:.2f}")} {ci(q.get("spearman_ci"), "{:.2f}")}'
         lines.append(f'{pct(f):>9}  {f3(q.get("best_cer")):>8}  {rg:>26}  {rho:>20}  {q.get("replicates", 0):>2}  '
                      f'{q.get("cpu_hours") or 0:>6.3f}  {f3(q.get("cost_ratio"), "{:.0%}"):>5}')
-    lines.append(s['conclusion'])
+    lines.append(s.get('conclusion') or '(no conclusion in the summary)')
     if s.get('card'): lines.append(card_text(s['card']))
     return '\n'.join(lines)
 

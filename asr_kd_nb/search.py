@@ -25,9 +25,9 @@ __all__ = ['log', 'HPARAMS', 'SELECT_ON', 'PRUNERS', 'INSTANCE_PRUNERS', 'PAPER_
            'SearchConfig', 'objective_name', 'selection_has_dev_folds', 'suggest_hparams', 'hparams_from_params',
            'paper_trials', 'kd_scorer', 'dry_run_scorer', 'make_scorer', 'load_scorer_factory', 'shifting_scorer',
            'instance_value', 'trial_objective', 'storage_url', 'default_storage', 'public_url', 'StudyLock',
-           'open_storage', 'make_pruner', 'trial_counts', 'sampler_seed', 'search_progress', 'report_search_progress',
-           'search_worker', 'worker_devices', 'pin_device', 'search_stage', 'trials_table', 'study_figures',
-           'export_study', 'add_worker_args', 'worker_main']
+           'open_storage', 'make_pruner', 'trial_counts', 'check_storage', 'check_search_storage', 'sampler_seed',
+           'search_progress', 'report_search_progress', 'search_worker', 'worker_devices', 'pin_device', 'search_stage',
+           'trials_table', 'study_figures', 'export_study', 'add_worker_args', 'worker_main']
 
 # %% ../nbs/06_search.ipynb #c006
 log = logging.getLogger(__name__)
@@ -521,6 +521,52 @@ def trial_counts(study:optuna.Study) -> Counter:
     c['finished'] = c['COMPLETE'] + c['PRUNED']
     c['errors'] = sum(t.state == TrialState.FAIL and 'reason' in t.user_attrs for t in trials)
     return c
+
+# %% ../nbs/06_search.ipynb #h21q02
+from .config import config_check, require, ConfigError
+
+def _writable_folder(path:Path) -> str|None:
+    "None when a file can be created at `path` (its nearest existing folder takes a new file), else why not."
+    folder = next(p for p in [path.parent, *path.parent.parents] if p.exists())
+    if not folder.is_dir(): return f'{folder} is a file, not a folder'
+    try:
+        import tempfile
+        with tempfile.NamedTemporaryFile(dir=folder, prefix='.asr-kd-write-test-'): return None
+    except OSError as e: return f'cannot write in {folder}: {e.strerror or e}'
+
+def check_storage(url:str, # an Optuna RDB URL, or '' for the run directory's SQLite file
+                  key:str='search.storage', # its config key, for messages
+                  timeout:int=5, # seconds to wait for a PostgreSQL server
+                 ) -> str:
+    "`url` when a study can be stored there: PostgreSQL answers `SELECT 1`, or SQLite's folder is writable; `ConfigError` otherwise."
+    if url == '': return url
+    shown = public_url(url) if '://' in url else url
+    try: scheme = _scheme(url)
+    except ValueError as e: raise ConfigError(key, shown, str(e).split(': ', 1)[-1]) from None
+    from sqlalchemy.engine import make_url
+    u = make_url(url)
+    if scheme == 'sqlite':
+        require(bool(u.database) and u.database != ':memory:', key, shown, 'an SQLite file (sqlite:///PATH); an in-memory study cannot be shared')
+        p = Path(u.database)
+        require(not p.is_dir(), key, shown, f'{p} is a folder; name the database file, e.g. sqlite:///{p}/studies.db')
+        why = _writable_folder(p)
+        require(why is None, key, shown, f'the SQLite database cannot be created: {why}')
+        return url
+    import sqlalchemy as sa
+    engine = sa.create_engine(storage_url(url), poolclass=sa.pool.NullPool, connect_args={'connect_timeout': timeout})
+    try:
+        with engine.connect() as c: c.execute(sa.text('SELECT 1'))
+    except Exception as e:   # the driver's error (connection refused, timeout, authentication, no such database)
+        msg = ' '.join(str(getattr(e, 'orig', None) or e).split())
+        raise ConfigError(key, shown, f'the PostgreSQL server at host {u.host or "localhost"}:{u.port or 5432} (database '
+                          f'{u.database!r}) did not answer SELECT 1 within {timeout} s: {msg}') from None
+    finally: engine.dispose()
+    return url
+
+@config_check
+def check_search_storage(cfg):
+    "The config's `search.storage` (see `check_storage`)."
+    check_storage(cfg.search.storage)
 
 # %% ../nbs/06_search.ipynb #c035
 def sampler_seed(seed:int, # the run seed

@@ -22,11 +22,11 @@ from .masking import MaskSlot, masked_conformer
 
 # %% auto #0
 __all__ = ['log', 'PAPER_TEACHER', 'PAPER_REVISION', 'PRECISIONS', 'WIN', 'HOP', 'CONFORMER_ARCH', 'PROB_TOL', 'CACHE_FORMAT',
-           'CACHE_SETS', 'EXTRA_SETS', 'TeacherConfig', 'set_threads', 'teacher_autocast', 'Teacher', 'ConformerCTC',
-           'HFCTC', 'hf_vocab', 'make_w2v2', 'weights_sha256', 'save_conformer', 'load_teacher', 'text_ids',
-           'train_ctc', 'file_sha256', 'build_teacher_model', 'obtain_teacher', 'precision_error', 'choose_precision',
-           'teacher_key', 'cache_manifests', 'cache_key', 'cache_emissions', 'cache_set_ids', 'check_frame_rate',
-           'teacher_cers', 'teacher_stage']
+           'CACHE_SETS', 'W2V2_CTC_FILES', 'EXTRA_SETS', 'TeacherConfig', 'set_threads', 'teacher_autocast', 'Teacher',
+           'ConformerCTC', 'HFCTC', 'hf_vocab', 'make_w2v2', 'weights_sha256', 'save_conformer', 'load_teacher',
+           'text_ids', 'train_ctc', 'file_sha256', 'build_teacher_model', 'obtain_teacher', 'precision_error',
+           'choose_precision', 'teacher_key', 'cache_manifests', 'cache_key', 'cache_emissions', 'cache_set_ids',
+           'check_frame_rate', 'teacher_dir_frame', 'check_teacher_dir', 'teacher_cers', 'teacher_stage']
 
 # %% ../nbs/03_teacher.ipynb #c006
 log = logging.getLogger(__name__)
@@ -583,6 +583,47 @@ def check_frame_rate(teacher:Teacher, # the loaded teacher
         raise ValueError(f'teacher {teacher.identity.get("source")}: its n_frames() says {est} frames for {n} samples, its output '
                          f'has {t} and its lengths {int(lengths[0])}; they must agree for the cache')
     return rec
+
+# %% ../nbs/03_teacher.ipynb #h21t02
+from .config import config_check, model_dir_config, require
+
+W2V2_CTC_FILES = (('preprocessor_config.json', 'processor_config.json'), ('vocab.json',), ('model.safetensors', 'pytorch_model.bin', 'model.safetensors.index.json',
+                  'pytorch_model.bin.index.json'))   # what `load_teacher` reads from a wav2vec2 folder (each: one of these)
+
+def teacher_dir_frame(path, # a local teacher directory
+                      key:str='teacher.source', # its config key, for messages
+                     ) -> dict:
+    "The kind of teacher in `path` and its stride (samples per frame) where its config says it; `ConfigError` naming `key` otherwise."
+    conf, p = model_dir_config(path, key, 'teacher model'), Path(path)
+    hop = MFCC_SETTINGS['hop_length']
+    if conf.get('architecture') == CONFORMER_ARCH:
+        missing = [k for k in ('hparams', 'vocab', 'blank_id') if k not in conf] + ([] if (p/'model.safetensors').is_file() else ['model.safetensors'])
+        require(not missing, key, str(path), f'a Conformer-CTC teacher folder lacks {missing}')
+        frame = conf.get('frame') or {}
+        stride, rate = frame.get('hop'), frame.get('sample_rate', SAMPLE_RATE)
+        kind = CONFORMER_ARCH
+    else:
+        archs = conf.get('architectures') or []
+        require(conf.get('model_type') == 'wav2vec2' and (not archs or 'Wav2Vec2ForCTC' in archs), key, str(path),
+                f"a CTC teacher: a wav2vec2 CTC model (config.json with model_type 'wav2vec2' and architectures ['Wav2Vec2ForCTC']) or "
+                f"this package's Conformer-CTC; its config.json says model_type={conf.get('model_type')!r}, architectures={archs}")
+        missing = [' or '.join(alt) for alt in W2V2_CTC_FILES if not any((p/f).is_file() for f in alt)]
+        require(not missing, key, str(path), f'a wav2vec2 CTC folder needs {missing} beside config.json (save the model and its '
+                f'processor with save_pretrained, or download the whole hub snapshot)')
+        stride = math.prod(conf['conv_stride']) if isinstance(conf.get('conv_stride'), list) else None
+        rate, kind = SAMPLE_RATE, 'wav2vec2-ctc'
+    if stride is not None:
+        require(stride == hop and rate == SAMPLE_RATE, key, str(path),
+                f'its config gives a {stride}-sample stride at {rate} Hz ({1000 * stride / rate:g} ms per frame); the student\'s '
+                f'MFCC frames are {hop} samples at {SAMPLE_RATE} Hz ({1000 * hop / SAMPLE_RATE:g} ms): the emission cache needs a '
+                f'teacher with a {hop}-sample total stride (conv_stride product {hop} for wav2vec2)')
+    return {'kind': kind, 'stride': stride}
+
+@config_check
+def check_teacher_dir(cfg):
+    "A local `teacher.source` holds a teacher `load_teacher` can use, at the student's frame rate (see `teacher_dir_frame`)."
+    src = cfg.teacher.source
+    if src != 'train' and Path(src).exists(): teacher_dir_frame(src)
 
 # %% ../nbs/03_teacher.ipynb #c046
 EXTRA_SETS = {'ood': 'ood', 'real': 'real'}   # teacher.json key -> cache set scored beside the test folds (never pooled with them)

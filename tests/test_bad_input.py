@@ -60,7 +60,9 @@ def test_every_problem_is_reported_at_once(tmp_path):
 
 
 def test_relative_local_path_is_a_path_not_a_hub_id(tmp_path, clean_hub_env):
-    (tmp_path/'models'/'w2v2-teacher').mkdir(parents=True)
+    from asr_kd_nb.teacher import make_w2v2
+    model, proc = make_w2v2()   # a folder that holds a teacher (an empty one is refused: test_fail_early.py)
+    model.save_pretrained(tmp_path/'models'/'w2v2-teacher'); proc.save_pretrained(tmp_path/'models'/'w2v2-teacher')
     clean_hub_env.chdir(tmp_path)
     cfg = tmp_path/'c.json'; cfg.write_text(json.dumps({'preset': 'smoke', 'teacher': {'source': 'models/w2v2-teacher'}}))
     c = build_config(None, cfg)
@@ -175,6 +177,13 @@ def test_readme_local_json_example_is_complete(tmp_path, clean_hub_env):
         for v in (sec.values() if isinstance(sec, dict) else []):
             if str(v).startswith(str(tmp_path)): Path(v).mkdir(parents=True)
     cfg = tmp_path/'local.json'; cfg.write_text(json.dumps(local))
+    # an empty model folder is no model: refused before stage 00, naming its key (issue 21)
+    with pytest.raises(InvalidConfig, match='teacher.source=.*has no config.json'): build_config(None, cfg)
+    from asr_kd_nb.teacher import make_w2v2
+    from test_clustering import tiny_xvector_model
+    model, proc = make_w2v2(); model.save_pretrained(local['teacher']['source']); proc.save_pretrained(local['teacher']['source'])
+    with pytest.raises(InvalidConfig, match='clustering.xvector_model=.*has no config.json'): build_config(None, cfg)
+    tiny_xvector_model(local['clustering']['xvector_model'])
     assert build_config(None, cfg).preset == 'paper'
 
 

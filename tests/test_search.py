@@ -3,14 +3,15 @@ study, and workers sharing a real PostgreSQL server. Workers are real subprocess
 (`asr_kd_nb.search.worker_main`) with the dry-run scorer, so only the study machinery is exercised, not the KD training; the
 selection tests at the end run the KD objective in-process on a toy cache (dev folds selected on, test CER beside it, a
 subset seed per replicate)."""
-import glob, os, shutil, subprocess, sys, time
+import glob, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 import pandas as pd
 import pytest
 import optuna
 from optuna.trial import TrialState
 from asr_kd_nb.config import study_config, save_config
-from asr_kd_nb.search import default_storage, study_name, storage_url, sampler_seed, SearchConfig
+from sqlalchemy.engine import make_url
+from asr_kd_nb.search import default_storage, study_name, storage_url, sampler_seed, SearchConfig, StudyLock
 from asr_kd_nb.rundir import study_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,10 +36,31 @@ def start_worker(run_dir, storage, seconds, log):
 
 
 def load(storage):
-    return optuna.load_study(study_name=study_name(1.0), storage=storage_url(storage))
+    "The 1.0 study (SQLite read with the workers' 60 s busy timeout, so a reader under load waits instead of failing)."
+    url = storage_url(storage)
+    kw = {'connect_args': {'timeout': 60}} if url.startswith('sqlite') else {}
+    return optuna.load_study(study_name=study_name(1.0), storage=optuna.storages.RDBStorage(url, engine_kwargs=kw))
+
+
+def published_trials(url):
+    """The 1.0 study's trials as the worker has published them, or None before its study exists. Read under the workers' own
+    study lock: a worker creates the storage and the study while holding it, so this never sees (or creates) a half-made
+    database, whatever the load on the machine."""
+    lock = StudyLock(url, study_name(1.0))
+    try:
+        with lock:
+            if not Path(make_url(url).database).exists(): return None     # the worker has not created the storage yet
+            try: return load(url).get_trials(deepcopy=False)
+            except KeyError: return None                                  # storage made, study not yet (cannot happen under the lock)
+    finally: lock.close()
+
+
+HANG_GUARD = 900   # seconds: only a hung worker takes this long; never a measure of speed (a loaded machine is slow, not wrong)
 
 
 def wait_all(procs, timeout, logs):
+    "Wait for the workers to exit (they publish their results before); `timeout` only guards against a hang."
+    timeout = max(timeout, HANG_GUARD)
     t0 = time.time()
     for p in procs:
         try: p.wait(timeout=max(1, timeout - (time.time() - t0)))
@@ -76,19 +98,24 @@ def test_resume_after_kill(tmp_path):
     logs = [tmp_path/'w1.log', tmp_path/'w2.log']
     p = start_worker(run, url, 0.4, open(logs[0], 'w'))
     t0, victim = time.time(), None
-    while time.time() - t0 < 90 and p.poll() is None:
+    created = False
+    while time.time() - t0 < HANG_GUARD and p.poll() is None:
         time.sleep(0.2)
-        if not (run/'search'/'studies.db').exists(): continue
-        try: trials = load(url).get_trials(deepcopy=False)
-        except (KeyError, optuna.exceptions.StorageInternalError): continue
-        done = [t for t in trials if t.state == TrialState.COMPLETE]
-        running = [t for t in trials if t.state == TrialState.RUNNING and len(t.intermediate_values) >= 1]
-        if len(done) >= 2 and running:
-            p.kill(); p.wait(); victim = running[0].number
-            before = {t.number: (t.value, t.params) for t in done}
-            break
+        if not created:   # first wait for the worker to create its storage and study (read under its lock)
+            created = published_trials(url) is not None
+            continue
+        p.send_signal(signal.SIGSTOP)   # a snapshot of a worker that cannot move on while it is read, however slow the read
+        try:
+            trials = load(url).get_trials(deepcopy=False)
+            done = [t for t in trials if t.state == TrialState.COMPLETE]
+            running = [t for t in trials if t.state == TrialState.RUNNING and len(t.intermediate_values) >= 1]
+            if len(done) >= 2 and running:
+                p.kill(); p.wait(); victim = running[0].number
+                before = {t.number: (t.value, t.params) for t in done}
+                break
+        finally:
+            if p.poll() is None: p.send_signal(signal.SIGCONT)
     assert victim is not None, 'the worker never had a trial running after two finished ones:\n' + logs[0].read_text()[-3000:]
-    time.sleep(0.5)
     after_kill = load(url)
     assert after_kill.trials[victim].state == TrialState.RUNNING          # nobody has noticed yet
     p2 = start_worker(run, url, 0.4, open(logs[1], 'w'))
