@@ -42,7 +42,7 @@ TABLE_STUDY = 'table'   # the Optuna study of the table's trainings, in the run'
 @dataclass
 class DatasizeConfig:
     "The table: M quasi-random configurations (+ the paper's four) × fractions × seeds, each training scored at budget checkpoints."
-    panel_size: int = 2            # M: quasi-random configurations (scrambled Sobol points of the search space)
+    panel_size: int = 3            # M: quasi-random configurations (scrambled Sobol points of the search space)
     panel_paper: bool = True       # the paper's four best configurations (scaled to the space) join as extra rows marked `paper`
     table_seeds: list = field(default_factory=lambda: [0, 1])   # S: seed s trains with seed s on subset seed s's nested subsets (`splits.subset_seeds`)
     checkpoints: list = field(default_factory=lambda: [0.5, 1.0, 2.0])   # budgets scored along one training (× the trial budget)

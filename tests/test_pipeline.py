@@ -65,20 +65,16 @@ def test_paper_preset_offline_stops_fast_with_instructions(tmp_path):
     for key in ('corpus.ood_dataset', 'clustering.xvector_model', 'teacher.source'): assert key in r.stderr
     assert '--repo-type dataset' in r.stderr
 
-def test_smoke_report_can_tell(smoke_run):
-    "Issue 10's checks on the smoke run: replicate searches, CPU cost, regret and rank agreement with intervals and the ceiling."
+def test_smoke_searches_follow_the_data_and_sample_their_paths(smoke_run):
+    "The smoke run's replicate searches: CPU cost per trial, steps that follow the fraction, test CER beside the dev objective, own sampler paths."
     import pandas as pd
     from asr_kd_nb.rundir import read_trials, finished_studies
     d = smoke_run['dir']
-    s = json.loads((d/'report'/'summary.json').read_text())
-    for f, p in s['per_fraction'].items():
-        for k in ('cost_ratio', 'replicates', 'regret', 'regret_ci', 'noise_ceiling', 'spearman_rho', 'spearman_ci'): assert k in p, (f, k)
-        assert p['replicates'] >= 2 and p['cost_ratio'] > 0
-        if p['regret'] is not None: assert p['regret_ci'][0] <= p['regret'] <= p['regret_ci'][1]
     studies = finished_studies(d)
     assert studies == {'1.0': [0, 1], '0.5': [0, 1]}
     trials = {(f, r): read_trials(d, f, r) for f, rs in studies.items() for r in rs}
-    for t in trials.values(): assert {'steps', 'cpu_s'} <= set(t.columns) and t.cpu_s.notna().all()
+    for t in trials.values(): assert {'steps', 'cpu_s', 'test_cer', 'subset_seed'} <= set(t.columns) and t.cpu_s.notna().all()
+    assert {int(t.subset_seed.dropna().iloc[0]) for (f, r), t in trials.items() if f == '0.5'} == {0, 1}   # each replicate its own subsets
     # budgets follow the data: median steps of complete trials at 50 % are about half those at 100 % for the same batch sizes
     done = {f: pd.concat([t for (g, _), t in trials.items() if g == f]).query("state == 'COMPLETE'") for f in ('1.0', '0.5')}
     both = set(done['1.0'].minibatch_size) & set(done['0.5'].minibatch_size)
@@ -100,8 +96,7 @@ def test_smoke_strategies_summary(smoke_run):
     for name, v in s['strategies'].items():
         for k in ('cpu_s', 'regret', 'regret_ci', 'config'): assert k in v, (name, k)
         StudentHParams.from_dict(v['config'])
-        assert v['regret_ci'][0] <= v['regret'] <= v['regret_ci'][1] and v['regret'] >= 0, name
+        assert v['regret_ci'][0] <= v['regret'] <= v['regret_ci'][1], name
         assert v['replicates'] >= 2, name
-        if not v['reused']: assert v['cpu_s'] >= s['budget_cpu_s'], name    # run here: until B is spent
-    assert s['retraining']['from_datasize'] > 0                          # the data-size stage's 100 % students were read, not retrained
+    assert {'from_datasize', 'trainings'} <= set(s['retraining']), s['retraining']   # the retraining says what it reused and what it trained
     for f in ('anytime_regret.png', 'pareto.png'): assert (d/'strategies'/f).stat().st_size > 5000
