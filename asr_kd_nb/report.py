@@ -253,6 +253,9 @@ def headline(run_dir) -> str:
     "A few lines of headline numbers from `report/summary.json`."
     p = run_path(run_dir, 'report')/'summary.json'
     s = read_json(p)
+    if 'design' in s:   # the table's summary (`verdicts.analyse_table`): its conclusion carries the verdicts and their error rates
+        return '\n'.join([f'report: {p.parent.resolve()}', s.get('conclusion') or '(no conclusion in the summary)',
+                          *([card_text(s['card'])] if s.get('card') else [])])
     f3 = lambda v, fmt='{:.3f}': '–' if v is None else fmt.format(v)
     ci = lambda v, fmt: f'[{f3(v[0], fmt)}, {f3(v[1], fmt)}]' if v else '[–]'
     c = s.get('noise_ceiling') or {}
