@@ -22,3 +22,16 @@ def smoke_run(tmp_path_factory):
     second = asr_kd('run', '--preset', 'smoke', '--run-dir', run_dir, '--no-progress')
     assert second.returncode == 0, second.stderr[-4000:]
     return {'dir': run_dir, 'first': first, 'second': second, 'wall_s': wall}
+
+def refused_run(tmp_path, config:dict, timeout=300):
+    "`asr-kd run --preset smoke` with `config` must be refused before any stage: exit 2, an `asr-kd: error:` line, no stage, no run directory."
+    import json
+    cfg = tmp_path/'c.json'; cfg.write_text(json.dumps(config))
+    run = tmp_path/'run'
+    t = time.time()
+    r = asr_kd('run', '--preset', 'smoke', '--config', cfg, '--run-dir', run, '--no-progress', timeout=timeout)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert 'asr-kd: error:' in r.stderr and 'Traceback' not in r.stderr and ': running' not in r.stderr, r.stderr
+    assert not run.exists()          # no stage output, not even the run directory (nor its lock)
+    return r, time.time() - t
+

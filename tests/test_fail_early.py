@@ -5,7 +5,7 @@ import json, os, socket, subprocess, sys, time
 from dataclasses import fields
 from pathlib import Path
 import pytest
-from conftest import asr_kd, ASR_KD, ROOT
+from conftest import asr_kd, ASR_KD, ROOT, refused_run
 from asr_kd_nb.pipeline import available_stages, RunDirLock, RUN_LOCK
 from asr_kd_nb.config import (_SECTIONS, SEED_KEYS, SEED_COUNTS, study_config, check_seeds, check_ranges, config_audit,
                               write_config_audit, PRESETS)
@@ -31,14 +31,8 @@ def test_late_failures_are_refused_before_stage_00(tmp_path, name):
     elif name == 'empty-teacher':
         (tmp_path/'empty').mkdir(); config, key = {'teacher': {'source': str(tmp_path/'empty')}}, 'teacher.source'
     else: config, key = {'teacher': {'source': w2v2_teacher(tmp_path/'w2v2', [10, 1, 1, 1, 1, 1, 1])}}, 'teacher.source'
-    cfg = tmp_path/'c.json'; cfg.write_text(json.dumps(config))
-    run = tmp_path/'run'
-    t = time.time()
-    r = asr_kd('run', '--preset', 'smoke', '--config', cfg, '--run-dir', run, '--no-progress', timeout=300)
-    dt = time.time() - t
-    assert r.returncode == 2, r.stderr[-3000:]
-    assert 'asr-kd: error:' in r.stderr and key in r.stderr and 'Traceback' not in r.stderr and ': running' not in r.stderr, r.stderr
-    assert not run.exists()                        # not even the run directory (nor its lock)
+    r, dt = refused_run(tmp_path, config)
+    assert key in r.stderr, r.stderr
     if name == 'postgresql': assert 'host 127.0.0.1:1' in r.stderr and 'Connection refused' in r.stderr and ':x@' not in r.stderr
     if name == 'stride-10': assert '10-sample stride' in r.stderr and '320' in r.stderr
     print(f'{name}: refused in {dt:.1f} s')
