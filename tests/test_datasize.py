@@ -105,10 +105,17 @@ def _synthetic_run(tmp_path) -> Path:
 
 
 def _trials(run):
-    sc = load_config(run).search
-    if not (run/'search'/'studies.db').exists(): return []   # the worker has not made the storage yet
-    try: return optuna.load_study(study_name=TABLE_STUDY, storage=open_storage(default_storage(run), sc)).get_trials(deepcopy=False)
-    except KeyError: return []   # the worker has not created the study yet
+    """The table study's trials as the workers have published them. Read under the workers' own study lock: a worker creates
+    the storage and the study while holding it, so this never sees (or creates) a half-made database, whatever the load."""
+    from asr_kd_nb.search import StudyLock
+    sc, url = load_config(run).search, default_storage(run)
+    lock = StudyLock(url, TABLE_STUDY)
+    try:
+        with lock:
+            if not (run/'search'/'studies.db').exists(): return []   # the worker has not made the storage yet
+            try: return optuna.load_study(study_name=TABLE_STUDY, storage=open_storage(url, sc)).get_trials(deepcopy=False)
+            except KeyError: return []   # the worker has not created the study yet
+    finally: lock.close()
 
 
 def test_every_job_recorded_once_after_a_killed_worker(tmp_path):
