@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_docs.ipynb #c001
 from __future__ import annotations
-import html, importlib, logging, os, re, shutil, time
+import ast, html, importlib, logging, os, re, shutil, time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -53,8 +53,13 @@ def _runs(cell, flags:set, api_only:bool) -> bool:
     d = getattr(cell, 'directives_', None) or {}
     if flags & d.keys() or str(d.get('eval', '')).strip().lower() == 'false': return False
     if not api_only: return True
-    return bool(d.keys() & {'export', 'exports', 'exporti'} or getattr(cell, 'has_sd', False)
-                or re.search(r'^\s*(import|from)\s|^show_doc\(', cell.source, re.M))   # as nbdev-docs: imports, definitions, show_doc
+    if d.keys() & {'export', 'exports', 'exporti', 'exec_doc'} or getattr(cell, 'has_sd', False): return True
+    try: body = ast.parse('\n'.join(l for l in cell.source.splitlines() if not l.lstrip().startswith(('%', '!')))).body
+    except SyntaxError: return False
+    # imports and show_doc calls only: a test cell that opens with an import is a test (nbdev-docs runs it too, and warns)
+    return bool(body) and all(isinstance(t, (ast.Import, ast.ImportFrom)) or
+                              (isinstance(t, ast.Expr) and isinstance(t.value, ast.Call) and getattr(t.value.func, 'id', '') == 'show_doc')
+                              for t in body)
 
 def execute_chapter(path, # a chapter notebook
                     api_only:bool=False, # run only imports, exported cells and show_doc (no inline tests)

@@ -688,4 +688,4 @@ def main(argv:list|None=None) -> int:
     finally: lock.release()
 
 # %% ../nbs/11_pipeline.ipynb #c028
-if __name__ == '__main__': sys.exit(main())   # `python -m asr_kd_nb.pipeline` (not run inside notebooks)
+if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())   # `python -m asr_kd_nb.pipeline`, not a notebook kernel (nor a chapter the docs build executes)

@@ -1,7 +1,7 @@
 """`asr-kd docs` builds the chapters into a static site that opens in a browser: an index page, one page per chapter (every
 chapter of nbs/, in sidebar order), a sidebar linking them all, rendered API sections, and the inline tests' output.
-The whole site is built with --api-only (no inline tests: the full build costs what nbdev-test costs, which the test command
-runs already); one chapter is built in full to show the tests' output."""
+Three pages are built with --api-only (no inline tests: the full build costs what nbdev-test costs, which the test command
+runs already; each page costs a fresh Python process); one chapter is built in full to show the tests' output."""
 import re, shutil, subprocess
 from pathlib import Path
 import nbformat, pytest
@@ -27,11 +27,12 @@ def _title(stem: str) -> str:
 @pytest.mark.skipif(CHROMIUM is None, reason='Debian chromium is not installed')
 def test_docs_site_opens_in_chromium(tmp_path):
     out = tmp_path/'site'
-    r = asr_kd('docs', '--out', out, '--api-only', timeout=3600)
+    pages = ['06_search', '06a_report', 'index']
+    r = asr_kd('docs', '--out', out, '--api-only', '--chapters', *pages, timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert f'open {out/"index.html"}' in r.stderr, r.stderr[-1000:]
-    assert sorted(p.stem for p in out.glob('*.html')) == CHAPTERS            # index.html and one page per chapter
-    for stem in CHAPTERS:
+    assert f'open {out/"index.html"}' in r.stderr and 'failing cells' not in r.stderr, r.stderr[-1000:]
+    assert sorted(p.stem for p in out.glob('*.html')) == pages              # the pages asked for, no more
+    for stem in pages:
         text = (out/f'{stem}.html').read_text(encoding='utf-8')
         missing = [c for c in CHAPTERS if f'href="{c}.html"' not in text]
         assert not missing, (stem, missing)                                  # every page's sidebar links every chapter
