@@ -45,8 +45,8 @@ class CorpusConfig:
     n_ood: int = 40                 # embedded out-of-domain utterances (other voices, other sentences)
     n_ood_speakers: int = 3
     real_speech_dir: str = ''       # festvox-ru voice folder (wav/, etc/txt.done.data), for source='embedded'; '' or a missing folder = none
-    n_real_test: int = 12           # recorded sentences held out as the real-speech test set (never trained on)
-    n_real_train: int = 16          # recorded sentences, drawn after the held-out ones, that join the training pool
+    n_real_test: int = 6            # recorded sentences held out as the real-speech test set (never trained on)
+    n_real_train: int = 4           # recorded sentences, drawn after the held-out ones, that join the training pool
     prose_dir: str = ''             # folder of fortune files read as open-vocabulary prose, for source='embedded'; '' = commands only
     prose_share: float = 0.5        # share of the synthetic utterances that read prose (the rest read the command grammar)
     prose_max_words: int = 12       # longest prose sentence read, in words

@@ -324,6 +324,7 @@ def _job_objective(run_dir:str, runner:Callable, budgets:list, lock:StudyLock) -
 def table_worker(run_dir, # run directory
                  storage:str|None=None, # Optuna RDB URL; None: `search.storage`, else the run's SQLite file
                  wait:bool=True, # wait for other workers' running jobs (a dead one's job is then run here); False: stop when none waits
+                 progress:bool=False, # write progress records (jobs done of all) for `asr-kd run`'s console (`report_progress`)
                 ) -> dict:
     "One worker of the table: enqueue the plan once, then run waiting jobs until none is left; {'ran', 'jobs', 'finished'}."
     run_dir = str(Path(run_dir).resolve()); cfg = load_config(run_dir); sc, dc = cfg.search, cfg.datasize
@@ -353,7 +354,7 @@ def table_worker(run_dir, # run directory
             finally: lock.release()
             ran += 1
             done = sum(1 for s in job_states(study).values() if 'COMPLETE' in s)
-            report_progress('table trainings', done, len(jobs), 'jobs')
+            if progress: report_progress('table trainings', done, len(jobs), 'jobs')
         return {'ran': ran, 'jobs': len(jobs), 'finished': sum(1 for s in job_states(study).values() if 'COMPLETE' in s)}
     finally: lock.close()
 
@@ -405,11 +406,11 @@ def table_frame(trials:list, # the table study's trials (`FrozenTrial`s)
     return table, pd.DataFrame(jobs, columns=['job', 'state', 'attempts', 'trial', 'train_ids', 'n_train', 'job_cpu_s', 'reason', 'worker'])
 
 # %% ../nbs/07_datasize.ipynb #c033
-def _table_stage_worker(run_dir:str, device_index:int|None=None) -> int:
+def _table_stage_worker(run_dir:str, device_index:int|None=None, progress:bool=False) -> int:
     "One local worker of the table stage; the jobs it ran."
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pin_device(device_index)
-    return table_worker(run_dir, wait=False)['ran']
+    return table_worker(run_dir, wait=False, progress=progress)['ran']
 
 def write_table(run_dir, table:pd.DataFrame, jobs:pd.DataFrame) -> Path:
     "Write `datasize/table.csv`, `datasize/jobs.csv` and the schema `datasize/table.md`; the table's path."
@@ -423,6 +424,7 @@ def write_table(run_dir, table:pd.DataFrame, jobs:pd.DataFrame) -> Path:
 
 def table_stage(run_dir, # run directory
                 workers:int|None=None, # local worker processes; None: `datasize.workers`, else `search.workers`, else per core/device
+                progress:bool=False, # progress records for `asr-kd run` (the stage itself; a chapter's examples write none)
                ) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Run every job of the table (resuming a killed run), export it; (table, jobs)."
     run_dir = str(Path(run_dir).resolve()); cfg = load_config(run_dir); sc, dc = cfg.search, cfg.datasize
@@ -434,8 +436,8 @@ def table_stage(run_dir, # run directory
                          'set the splits section to draw them')
     log.info('Stage datasize: %d configurations × %d fractions × %d seeds = %d jobs on %d local workers',
              len(panel), len(cfg.splits.fractions), len(dc.table_seeds), len(plan), len(devs))
-    if len(devs) > 1: run_parallel(_table_stage_worker, [(run_dir, dv) for dv in devs], workers=len(devs), desc='table workers')
-    table_worker(run_dir, wait=True)   # the rest: jobs running elsewhere, or left by a dead worker
+    if len(devs) > 1: run_parallel(_table_stage_worker, [(run_dir, dv, progress) for dv in devs], workers=len(devs), desc='table workers')
+    table_worker(run_dir, wait=True, progress=progress)   # the rest: jobs running elsewhere, or left by a dead worker
     url = storage_url(sc.storage or default_storage(run_dir))
     with _quiet(): study = optuna.load_study(study_name=TABLE_STUDY, storage=open_storage(url, sc))
     table, jobs = table_frame(study.get_trials(deepcopy=False), panel, dc.checkpoints)
@@ -489,10 +491,11 @@ def analysis_figures(table:pd.DataFrame, summary:dict, out:Path) -> tuple[list[s
     return names, missing
 
 def datasize_stage(run_dir, # run directory (config, splits, teacher cache; the searches are shown when done)
+                   progress:bool=False, # progress records for `asr-kd run`'s console (`report_progress`)
                   ) -> dict:
     "Build the table and analyse it (`verdicts.analyse_table`); writes datasize/*, report/{summary.json,conclusion.md,*.png}; the summary."
     t0, run_dir = time.time(), Path(run_dir).resolve(); cfg = load_config(run_dir)
-    table, jobs = table_stage(run_dir)
+    table, jobs = table_stage(run_dir, progress=progress)
     out = run_path(run_dir, 'report'); out.mkdir(parents=True, exist_ok=True)
     summary = dict(analyse_table(table, getattr(cfg, 'verdicts', None) or VerdictsConfig(), cfg.seed))
     facts = table_facts(table, jobs)

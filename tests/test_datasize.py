@@ -41,6 +41,9 @@ def test_smoke_table_has_the_shared_columns_a_learning_curve_and_per_seed_subset
     v = s['per_fraction']['0.5']
     assert v['verdict'] in ('within', 'worse', 'cannot tell') and v['regret_by_n'] and 'coverage' in s['calibration']
     assert {'verdict_grid.png', 'learning_curves.png'} <= set(s['figures'])
+    records = [json.loads(l) for l in (d/'notebooks'/'07_datasize.progress.jsonl').read_text().splitlines()]
+    assert records and {r['task'] for r in records} == {'table trainings'}         # the stage's jobs only: the chapter's
+    assert {r['total'] for r in records} == {len(plan)} and records[-1]['done'] == len(plan)   # examples write no records
 
 
 def _toy_cache(run_dir: Path, n_main=28, n_ood=8, seed=0):
