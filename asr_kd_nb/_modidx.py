@@ -748,6 +748,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'asr_kd_nb.verdicts.VerdictsConfig.__post_init__': ( 'verdicts.html#verdictsconfig.__post_init__',
                                                                                          'asr_kd_nb/verdicts.py'),
                                     'asr_kd_nb.verdicts._fig': ('verdicts.html#_fig', 'asr_kd_nb/verdicts.py'),
+                                    'asr_kd_nb.verdicts._finite': ('verdicts.html#_finite', 'asr_kd_nb/verdicts.py'),
                                     'asr_kd_nb.verdicts._fraction_cells': ('verdicts.html#_fraction_cells', 'asr_kd_nb/verdicts.py'),
                                     'asr_kd_nb.verdicts._key': ('verdicts.html#_key', 'asr_kd_nb/verdicts.py'),
                                     'asr_kd_nb.verdicts._multiplicity': ('verdicts.html#_multiplicity', 'asr_kd_nb/verdicts.py'),

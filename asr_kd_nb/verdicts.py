@@ -526,6 +526,8 @@ def _pct(fk) -> str: return f'{float(fk) * 100:.0f} %'
 VERDICT_WORDS = {'within': 'within δ of a 100 % search', 'worse': 'worse than a 100 % search by more than δ',
                  'cannot tell': 'cannot tell (the interval straddles δ)'}
 
+def _finite(x) -> bool: return x is not None and math.isfinite(float(x))
+
 def verdict_text(summary:dict) -> str: # the output of `analyse_table`
     "The conclusion of a table's analysis: one answer per fraction, the budget it holds at, and what the design can detect."
     p, per = summary['primary'], summary['per_fraction']
@@ -549,7 +551,9 @@ def verdict_text(summary:dict) -> str: # the output of `analyse_table`
     else:
         out.append(f"This design ({c['configs']} configurations, {c['seeds']} seeds, n = {c['n']}), simulated {c['simulations']} times "
                    f"per truth: interval coverage {c['coverage']:.0%}, false \"worse\" {c['false_worse']:.0%}, false \"within\" "
-                   f"{c['false_within']:.0%}, power at 2δ {c['power']:.0%}; "
+                   f"{c['false_within']:.0%}, "
+                   + (f"power at 2δ {c['power']:.0%}; " if _finite(c['power']) else
+                      'power at 2δ not measured (no 2δ difference can arise among these configurations); ')
                    + (f"the smallest difference it detects with 80 % power is {c['detectable_margins']}δ = {c['detectable']:.4f} CER."
                       if c['detectable'] is not None else 'it detects no difference up to 8δ with 80 % power.')
                    + ('' if c['meets_targets'] else ' It misses the targets (coverage ≥ 92 %, false "worse" and "within" ≤ 5 %, '
