@@ -71,11 +71,12 @@ def test_the_project_speaks_only_of_itself():
     assert not hits, '\n'.join(hits)
 
 
-def test_gpu_check_script_on_cpu(tmp_path):
-    "The GPU check as a user runs it from a checkout after the set-up (its .venv, no PYTHON), on the CPU, kept small."
+def test_gpu_check_script_on_cpu(tmp_path, smoke_run):
+    "The GPU check as a user runs it from a checkout after the set-up (its .venv, no PYTHON), on the CPU, kept small, on a prepared run."
     out = tmp_path/'gpu-check.json'
     env = {k: v for k, v in os.environ.items() if k != 'PYTHON'}
-    r = subprocess.run(['bash', 'scripts/gpu-check.sh', '--device', 'cpu', '--run-dir', str(tmp_path/'run'), '--out', str(out),
+    before = sorted(p.relative_to(smoke_run['dir']) for p in smoke_run['dir'].rglob('*'))
+    r = subprocess.run(['bash', 'scripts/gpu-check.sh', '--device', 'cpu', '--run-dir', str(smoke_run['dir']), '--out', str(out),
                         '--workers', '1', '--seconds', '1', '--steps', '2', '--no-large'],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -83,3 +84,4 @@ def test_gpu_check_script_on_cpu(tmp_path):
     assert res['failed'] == [] and res['environment']['device'] == 'cpu', res.get('failed')
     assert res['bench_kd']['P2']['ratio'] > 0 and res['trials_per_hour']['per_W']['1']['trials'] >= 1
     assert (tmp_path/'gpu-check-notebooks.tgz').exists()
+    assert sorted(p.relative_to(smoke_run['dir']) for p in smoke_run['dir'].rglob('*')) == before   # it works on a copy
