@@ -22,17 +22,18 @@ from .teacher import cache_set_ids
 from .kd import TrainingDiverged, train_student, evaluate_fold, geometric_mean, run_parallel, budget_steps
 from .search import (HPARAMS, parse_space, paper_trials, hparams_from_params, load_scorer_factory, storage_url, default_storage,
                      open_storage, StudyLock, worker_devices, pin_device, _coord, _from_coord, _quiet)
-from .report import run_card, save_figure
+from .emissions import wer
+from .report import run_card, save_figure, pct
 from .verdicts import (VerdictsConfig, analyse_table, verdict_text, plot_regret_by_n, plot_regret_cpu, plot_verdict_grid,
                                plot_learning_curves)
 
 # %% auto #0
-__all__ = ['log', 'TABLE_STUDY', 'FRAME_S', 'CER_COLUMNS', 'TABLE_SCHEMA', 'TABLE_COLUMNS', 'FIGURES', 'DatasizeConfig',
-           'table_seeds_drawn', 'table_cost', 'unit_hparams', 'table_panel', 'job_key', 'table_jobs', 'table_plan',
-           'AudioMeter', 'budget_marks', 'train_checkpoints', 'dev_folds_of', 'training_ids', 'eval_sets', 'score_sets',
-           'kd_table_job', 'synthetic_table_job', 'job_runner', 'train_and_score', 'enqueue_jobs', 'job_states',
-           'table_worker', 'table_frame', 'write_table', 'table_stage', 'table_facts', 'live_searches',
-           'analysis_figures', 'datasize_stage']
+__all__ = ['log', 'TABLE_STUDY', 'FRAME_S', 'SCORE_COLUMNS', 'TABLE_SCHEMA', 'TABLE_COLUMNS', 'FIGURES', 'SETS_DRAWN',
+           'DatasizeConfig', 'table_seeds_drawn', 'table_cost', 'unit_hparams', 'table_panel', 'job_key', 'table_jobs',
+           'table_plan', 'AudioMeter', 'budget_marks', 'train_checkpoints', 'dev_folds_of', 'training_ids', 'eval_sets',
+           'score_sets', 'kd_table_job', 'synthetic_table_job', 'job_runner', 'train_and_score', 'enqueue_jobs',
+           'job_states', 'table_worker', 'table_frame', 'write_table', 'table_stage', 'table_facts', 'live_searches',
+           'kept_students', 'plot_kept_curves', 'analysis_figures', 'datasize_stage']
 
 # %% ../nbs/07_datasize.ipynb #c006
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def table_plan(run_dir) -> tuple[pd.DataFrame, list[dict]]:
 
 # %% ../nbs/07_datasize.ipynb #c018
 FRAME_S = 0.02   # seconds per cache frame (the teacher's 20 ms hop)
-CER_COLUMNS = ('dev_cer', 'test_cer', 'ood_cer', 'real_cer')
+SCORE_COLUMNS = ('dev_cer', 'test_cer', 'ood_cer', 'real_cer', 'real_wer')   # what a checkpoint is scored on
 
 class AudioMeter:
     "The emission cache, counting the utterances and frames a training reads (not while `counting` is off)."
@@ -187,7 +188,7 @@ def train_checkpoints(hp:StudentHParams, # the configuration
     except TrainingDiverged as e:
         reason = str(e)[:300]; log.warning('table training of %s diverged: %s', hp.summary(), reason)
     got = {r['budget'] for r in rows}
-    rows += [{'budget': b, 'steps': s, 'epochs': math.nan, 'cpu_s': math.nan, 'audio_s': math.nan, **{c: math.nan for c in CER_COLUMNS}}
+    rows += [{'budget': b, 'steps': s, 'epochs': math.nan, 'cpu_s': math.nan, 'audio_s': math.nan, **{c: math.nan for c in SCORE_COLUMNS}}
              for b, s in marks.items() if b not in got]
     return sorted(rows, key=lambda r: r['budget']), reason
 
@@ -209,10 +210,14 @@ def eval_sets(run_dir, cache) -> dict:
     return {'dev': dev, 'test': test_folds(run_dir), 'ood': cache_set_ids(cache, 'ood'), 'real': cache_set_ids(cache, 'real'), 'dev_source': src}
 
 def score_sets(student, cache, sets:dict, batch_size:int=16, device:str='cpu') -> dict:
-    "The CER columns of a student: geometric mean over dev folds and over test folds; pooled out-of-domain and real-speech CER (NaN: no set)."
+    "`SCORE_COLUMNS` of a student: geometric-mean CER over dev folds and over test folds; pooled out-of-domain CER, real-speech CER and WER (NaN: no set)."
     g = lambda folds: geometric_mean([evaluate_fold(student, cache, ids, batch_size, device)[0] for ids in folds.values()])
     p = lambda ids: evaluate_fold(student, cache, ids, batch_size, device)[0] if ids else math.nan
-    return {'dev_cer': g(sets['dev']), 'test_cer': g(sets['test']), 'ood_cer': p(sets['ood']), 'real_cer': p(sets['real'])}
+    real_cer = real_wer = math.nan
+    if sets['real']:
+        real_cer, hyps = evaluate_fold(student, cache, sets['real'], batch_size, device)
+        real_wer = wer([cache.text(i) for i in sets['real']], hyps)
+    return {'dev_cer': g(sets['dev']), 'test_cer': g(sets['test']), 'ood_cer': p(sets['ood']), 'real_cer': real_cer, 'real_wer': real_wer}
 
 # %% ../nbs/07_datasize.ipynb #c025
 @lru_cache(maxsize=2)
@@ -252,7 +257,7 @@ def synthetic_table_job(run_dir:str, job:dict, hp:dict, budgets:list) -> dict:
         c = base * (1 + 0.3 / b)
         rows.append({'budget': float(b), 'steps': math.ceil(b * len(ids) / hp['minibatch_size']), 'epochs': float(b),
                      'cpu_s': 1e-3 * b * len(ids), 'audio_s': 2.0 * b * len(ids),
-                     'dev_cer': c + noise, 'test_cer': c - noise / 2, 'ood_cer': 1.5 * c, 'real_cer': math.nan})
+                     'dev_cer': c + noise, 'test_cer': c - noise / 2, 'ood_cer': 1.5 * c, 'real_cer': math.nan, 'real_wer': math.nan})
     return {'rows': rows, 'reason': '', 'train_ids': _ids_fingerprint(ids), 'n_train': len(ids),
             'parameters': int(hp['hidden_layer_size'] * hp['ffn_dim'] * hp['num_layers'])}
 
@@ -371,6 +376,7 @@ TABLE_SCHEMA = {
     'test_cer': 'CER on the test speaker clusters: geometric mean over test folds (what reports)',
     'ood_cer': 'pooled CER on the out-of-domain set (NaN: no such set)',
     'real_cer': 'pooled CER on the real-speech set (NaN: no such set)',
+    'real_wer': 'pooled WER on the real-speech set (NaN: no such set)',
     'cpu_s': 'process CPU-seconds of the training so far (scoring excluded)',
     'audio_s': 'seconds of training audio read so far (with repeats)',
     'parameters': "the student's trainable parameters",
@@ -396,12 +402,12 @@ def table_frame(trials:list, # the table study's trials (`FrozenTrial`s)
         got = a.get('rows') or [{'budget': float(b)} for b in budgets]
         for r in got:
             rows.append({'config': job['config'], 'paper': bool(meta.loc[job['config'], 'paper']), 'fraction': float(job['fraction']),
-                         'seed': int(job['seed']), **{c: r.get(c) for c in ('budget', 'epochs', 'steps', 'cpu_s', 'audio_s', *CER_COLUMNS)},
+                         'seed': int(job['seed']), **{c: r.get(c) for c in ('budget', 'epochs', 'steps', 'cpu_s', 'audio_s', *SCORE_COLUMNS)},
                          'parameters': a.get('parameters'), **{n: meta.loc[job['config'], n] for n in HPARAMS}})
         jobs.append({'job': key, 'state': t.state.name, 'attempts': len(ts), 'trial': t.number, 'train_ids': a.get('train_ids'),
                      'n_train': a.get('n_train'), 'job_cpu_s': a.get('job_cpu_s'), 'reason': a.get('reason') or '', 'worker': a.get('worker', '')})
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-    for c in ('epochs', 'cpu_s', 'audio_s', *CER_COLUMNS): table[c] = table[c].astype(float)
+    for c in ('epochs', 'cpu_s', 'audio_s', *SCORE_COLUMNS): table[c] = table[c].astype(float)
     table = table.sort_values(['config', 'fraction', 'seed', 'budget'], ascending=[True, False, True, True]).reset_index(drop=True)
     return table, pd.DataFrame(jobs, columns=['job', 'state', 'attempts', 'trial', 'train_ids', 'n_train', 'job_cpu_s', 'reason', 'worker'])
 
@@ -479,7 +485,39 @@ FIGURES = {   # file -> figure of the analysis chapter, from (table, summary)
     'regret_cpu.png': lambda table, s: plot_regret_cpu(s),
     'verdict_grid.png': lambda table, s: plot_verdict_grid(s),
     'learning_curves.png': lambda table, s: plot_learning_curves(table),
+    'kept_curves.png': lambda table, s: plot_kept_curves(table, s['kept']),
 }
+
+def kept_students(table:pd.DataFrame, # the data-size table
+                  budget:float, # the checkpoint a search selects at (the primary budget)
+                 ) -> dict:
+    "Per fraction, the student a search of the whole panel keeps: the configuration of lowest mean dev CER at `budget`, with its mean scores there."
+    t, out = table[table.budget == budget], {}
+    for f, g in t.groupby('fraction'):
+        m = g.groupby('config')[[c for c in SCORE_COLUMNS if c in g]].mean()
+        m = m[m.dev_cer.notna()]
+        if m.empty: continue
+        c = m.dev_cer.idxmin()
+        out[frac_key(f)] = {'config': c, **{k: None if pd.isna(v) else float(v) for k, v in m.loc[c].items()}}
+    return dict(sorted(out.items(), key=lambda kv: -float(kv[0])))
+
+SETS_DRAWN = (('test_cer', 'test speaker clusters'), ('ood_cer', 'out-of-domain set'), ('real_cer', 'real speech (festvox-ru)'))
+
+def plot_kept_curves(table:pd.DataFrame, # the data-size table
+                     kept:dict, # `kept_students` output
+                    ):
+    "The paper's figure from the table: CER against epochs of each fraction's kept student, one panel per scored set the run has (mean over seeds)."
+    import matplotlib.pyplot as plt
+    sets = [(c, name) for c, name in SETS_DRAWN if c in table and table[c].notna().any()]
+    if not kept or not sets: raise ValueError('no kept student or no scored set to draw')
+    fig, axes = plt.subplots(1, len(sets), figsize=(4 * len(sets), 3.2), squeeze=False)
+    for ax, (c, name) in zip(axes[0], sets):
+        for fk, k in kept.items():
+            g = table[(table.fraction == float(fk)) & (table.config == k['config'])].groupby('budget')[['epochs', c]].mean()
+            ax.plot(g['epochs'], g[c], 'o-', label=f"{pct(fk)} ({k['config']})")
+        ax.set(title=name, xlabel='epochs over the fraction', ylabel='CER')
+    axes[0][-1].legend(fontsize=7, title='search on (kept)')
+    fig.suptitle("Each fraction's kept student: CER against training"); fig.tight_layout(); return fig
 
 def analysis_figures(table:pd.DataFrame, summary:dict, out:Path) -> tuple[list[str], dict]:
     "Draw `FIGURES` into `out`: (the names written, {name: why not} for those that could not be drawn, logged)."
@@ -507,6 +545,7 @@ def datasize_stage(run_dir, # run directory (config, splits, teacher cache; the 
     summary.update(preset=cfg.preset, seed=cfg.seed, table=facts, selection_set=dev_folds_of(run_dir)[1], card=run_card(run_dir),
                    fractions=sorted(summary.get('per_fraction', {}), key=float, reverse=True),   # the fractions with a verdict
                    live_searches=live_searches(run_dir))   # the TPE searches (the paper's method), beside the table's answer
+    summary['kept'] = kept_students(table, summary['primary']['budget'])   # the students a search on each fraction keeps
     summary['conclusion'] = verdict_text(summary)
     summary['figures'], summary['figures_not_drawn'] = analysis_figures(table, summary, out)
     summary['wall_s'] = round(time.time() - t0, 1)

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from .config import (PRESETS, StudyConfig, study_config, save_config, read_json, write_json, config_hash,
                               config_from_dict, _SECTIONS, validate_config, apply_hub_mode, check_device,
-                              PROGRESS_ENV, report_progress)
+                              PROGRESS_ENV, report_progress, available_cores)
 from typing import Callable
 from .rundir import frac_label, study_key, stage_notebook, RUN_PATHS, run_path
 
@@ -19,8 +19,8 @@ __all__ = ['STAGES', 'KERNEL', 'log', 'RUN_LOCK', 'PUBLISHED', 'PUBLISHED_DATA',
            'available_stages', 'stage_fingerprint', 'stage_keys', 'stage_done', 'progress_line', 'ProgressWatcher',
            'StageFailed', 'ensure_kernel', 'execute_stage', 'ConfigMismatch', 'first_stage_of', 'check_run_dir',
            'prepare_run_dir', 'run_study', 'RunDirBusy', 'RunDirLock', 'load_config_file', 'build_config',
-           'publish_results', 'render_readme', 'write_readme', 'run_headline', 'compare_runs', 'clean_on_save',
-           'lab_command', 'lab_arguments', 'start_lab', 'resume_advice', 'main']
+           'machine_text', 'publish_results', 'render_readme', 'write_readme', 'run_headline', 'compare_runs',
+           'clean_on_save', 'lab_command', 'lab_arguments', 'start_lab', 'resume_advice', 'main']
 
 # %% ../nbs/11_pipeline.ipynb #c006
 @dataclass(frozen=True)
@@ -377,12 +377,24 @@ def build_config(preset:str|None, config_file:str|None) -> StudyConfig:
 # %% ../nbs/11_pipeline.ipynb #c022
 PUBLISHED = ['report/*.png', 'strategies/*.png', 'clustering/umap.png', 'teacher/cer.png', 'kd/baseline.png',
              f'search/{study_key(1.0, 0)}/history.png']
-PUBLISHED_DATA = ['datasize/table.csv', 'datasize/table.md']   # the table and its schema, for others' strategies
+PUBLISHED_DATA = ['datasize/table.csv', 'datasize/table.md', 'corpus/card.md']   # the table and its schema (for others' strategies), the data card
 
 def _shown_path(p:Path) -> str:
     "`p` relative to the repository when inside it (as a user types it), else absolute."
     rel = os.path.relpath(p, nbs_dir().parent)
     return str(p) if rel.startswith('..') else rel
+
+def machine_text() -> str:
+    "This machine in a few words: CPU model and the cores this process may use, and the GPU when CUDA has one."
+    import platform
+    cpu = next((l.split(':', 1)[1].strip() for l in Path('/proc/cpuinfo').read_text().splitlines() if l.startswith('model name')), '') \
+          if Path('/proc/cpuinfo').exists() else ''
+    out = f"{cpu or platform.processor() or platform.machine()}, {available_cores()} cores"
+    try:
+        import torch
+        if torch.cuda.is_available(): out += f', {torch.cuda.get_device_name(0)}'
+    except ImportError: pass
+    return out
 
 def publish_results(run_dir, dest=None, force:bool=False) -> Path:
     "Copy a finished run's figures, table, `report/summary.json` and timings into `nbs/images/` with provenance (a smoke run only with `force`)."
@@ -409,7 +421,7 @@ def publish_results(run_dir, dest=None, force:bool=False) -> Path:
     strat = run_dir/'strategies'/'summary.json'
     write_json(dest/'results.json', {'summary': read_json(run_dir/'report'/'summary.json'),
         'strategies': read_json(strat) if strat.exists() else None,
-        'timings': read_json(run_dir/'timings.json'), 'preset': cfg['preset'], 'figures': files, 'data': data, 'git_commit': commit,
+        'timings': read_json(run_dir/'timings.json'), 'preset': cfg['preset'], 'machine': machine_text(), 'figures': files, 'data': data, 'git_commit': commit,
         'command': f"asr-kd run --preset {cfg['preset']} --run-dir {_shown_path(run_dir)}",
         'date': datetime.fromtimestamp((run_dir/'report'/'summary.json').stat().st_mtime, timezone.utc).strftime('%Y-%m-%d %H:%M UTC')})
     return dest

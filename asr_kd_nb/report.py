@@ -12,10 +12,10 @@ from .config import read_json
 from .rundir import run_path, split_frac_label
 
 # %% auto #0
-__all__ = ['log', 'LEARNED_CER', 'PAPER_CONCLUSION', 'PAPER_RANGE', 'FIGURE_CAPTIONS', 'pct', 'regret_verdict', 'rank_verdict',
-           'conclusion_text', 'save_figure', 'plot_ood_curves', 'plot_panel', 'plot_regret_cost', 'plot_importances',
-           'run_card', 'card_text', 'headline', 'figure_caption', 'results_first', 'toc_cell', 'markdown_html',
-           'offline_html', 'headline_html', 'render_html_report']
+__all__ = ['log', 'LEARNED_CER', 'PAPER_CONCLUSION', 'PAPER_RANGE', 'FIGURE_CAPTIONS', 'VERDICT_SHORT', 'pct', 'regret_verdict',
+           'rank_verdict', 'conclusion_text', 'save_figure', 'plot_ood_curves', 'plot_panel', 'plot_regret_cost',
+           'plot_importances', 'run_card', 'card_text', 'headline', 'figure_caption', 'results_first', 'toc_cell',
+           'markdown_html', 'answer_markdown', 'offline_html', 'headline_html', 'render_html_report']
 
 # %% ../nbs/06a_report.ipynb #c005
 log = logging.getLogger(__name__)
@@ -283,6 +283,13 @@ FIGURE_CAPTIONS = {
                       "the out-of-domain set against training epochs (mean over replicates, band = range).",
     'importances.png': "Which hyperparameters the searches found important (Optuna's importance estimate per fraction).",
     'anytime_regret.png': "Strategies at equal compute: regret of the configuration each strategy would return against cumulative CPU-hours.",
+    'regret_by_n.png': "Regret of a random search of n configurations (picked by dev CER on the fraction, test CER after training on 100 %, "
+                       "above the best achievable), by n and fraction, with 95 % bands from resampling configurations and seeds; dotted: δ.",
+    'regret_cpu.png': "Regret at the primary n against the CPU-hours of that search, for each fraction at every training budget of the table.",
+    'verdict_grid.png': "The verdict of each fraction against a 100 % search at every training budget (primary n), with the paired test-CER difference.",
+    'learning_curves.png': "Learning curves from the table: test CER of the best configurations (by 100 % dev CER) against the training budget, per fraction.",
+    'kept_curves.png': "The paper's figure from the table: CER against epochs of the student each fraction's search keeps, on the test clusters, "
+                       "the out-of-domain set and the real-speech set (one male speaker reading prose, never trained on).",
     'pareto.png': "Smaller students: CER against parameters and CPU inference time; the front is what no other student beats on both.",
     'clustering_umap.png': "Speakers from their embeddings: UMAP of every utterance's speaker embedding, coloured by K-Means, by Birch and by "
                            "the true speaker; whole clusters are held out as test folds, so no test speaker is trained on.",
@@ -320,9 +327,84 @@ def toc_cell(nb):
 
 # %% ../nbs/06a_report.ipynb #h22r01
 def markdown_html(text:str) -> str:
-    "Markdown (`**bold**`, `code`, lists) as HTML; raw HTML in `text` is escaped, not passed through."
+    "Markdown (`**bold**`, `code`, lists, tables) as HTML; raw HTML in `text` is escaped, not passed through."
     import mistune   # nbconvert's Markdown renderer
-    return mistune.create_markdown(escape=True)(text)
+    return mistune.create_markdown(escape=True, plugins=['table'])(text)
+
+# %% ../nbs/06a_report.ipynb #a19r01
+VERDICT_SHORT = {'within': 'within δ', 'worse': 'worse by > δ', 'cannot tell': 'cannot tell'}
+
+def _f(v, fmt='{:.3f}') -> str:
+    return '–' if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)
+
+def _fci(v, fmt='{:+.3f}') -> str:
+    v = v or [None, None]
+    return '[–]' if any(x is None or (isinstance(x, float) and not math.isfinite(x)) for x in v) else f'[{fmt.format(v[0])}, {fmt.format(v[1])}]'
+
+def answer_markdown(summary:dict, # a table's summary: `verdicts.analyse_table` plus the data-size stage's kept, live_searches, card
+                   ) -> str:
+    "The answer of a run as Markdown tables: each fraction at the primary cell, the verdicts over budgets and margins, the design's error rates, the kept students and the live searches, then the conclusion and the card."
+    p, per, d = summary['primary'], summary['per_fraction'], summary['design']
+    n, b, fr = p['n'], p['budget'], [f for f in d['fractions'] if f in per]
+    rel = f" ({summary['margin_share']:.0%} of the best 100 % test CER)" if summary.get('margin_kind') == 'relative' else ''
+    out = [f"**Design.** A table of {d['configs']} quasi-random configurations × {d['seeds']} seeds (each seed its own subsets) × "
+           f"{len(d['fractions'])} fractions × {len(d['budgets'])} training budgets ({', '.join(f'{x:g}×' for x in d['budgets'])} the trial budget); "
+           f"configurations are selected on the {summary.get('selection_set') or 'dev folds'} and every CER below is on the test speaker clusters. "
+           f"**Primary cell** (declared before the run): a random search of n = {n} trials at {b:g}× the trial budget, margin δ = "
+           f"{summary['margin']:.4f} CER{rel}.", '',
+           f"| search on | verdict | test-CER difference vs a 100 % search [95 % CI] | regret of an {n}-trial search [95 % CI] | "
+           "CPU-hours saved per search | compute vs 100 % | Spearman ρ vs 100 % (top half) [95 % CI] | seed-vs-seed ρ |",
+           '|---|---|---|---|---|---|---|---|']
+    full = (summary.get('full_search') or {}).get('regret_by_n', {}).get(str(n)) or {}
+    out.append(f"| 100 % | (reference) | – | {_f(full.get('mean'), '{:+.4f}')} {_fci(full.get('ci'), '{:+.4f}')} | – | 100 % | – | – |")
+    for f in fr:
+        q, r = per[f], per[f].get('rank') or {}
+        reg = (q.get('regret_by_n') or {}).get(str(n)) or {}
+        out.append(f"| {pct(f)} | **{VERDICT_SHORT.get(q['verdict'], q['verdict'])}** | {_f(q.get('diff'), '{:+.4f}')} {_fci(q.get('diff_ci'), '{:+.4f}')} | "
+                   f"{_f(reg.get('mean'), '{:+.4f}')} {_fci(reg.get('ci'), '{:+.4f}')} | {_f((q.get('saving_cpu_s') or 0) / 3600, '{:.3f}')} | "
+                   f"{_f(q.get('cost_ratio'), '{:.0%}')} | {_f(r.get('spearman'), '{:.2f}')} {_fci(r.get('spearman_ci'), '{:.2f}')} | "
+                   f"{_f(r.get('ceiling_spearman'), '{:.2f}')} {_fci(r.get('ceiling_spearman_ci'), '{:.2f}')} |")
+    bs = [f'{x:g}' for x in d['budgets']]
+    out += ['', f"**Verdicts at every training budget** (n = {n}, δ = {summary['margin']:.4f}; the difference in test CER in brackets):", '',
+            '| search on | ' + ' | '.join(f'{x}×' for x in bs) + ' |', '|---|' + '---|' * len(bs)]
+    for f in fr:
+        cell = lambda x: f"{per[f]['by_budget'].get(x, '–')} ({_f((per[f].get('by_budget_diff', {}).get(x) or {}).get('mean'), '{:+.3f}')})"
+        out.append(f'| {pct(f)} | ' + ' | '.join(cell(x) for x in bs) + ' |')
+    sw = summary.get('margin_sweep') or {}
+    if sw:
+        ms = sorted(sw, key=float)
+        out += ['', f'**How the verdicts move with δ** (at the primary cell):', '',
+                '| search on | ' + ' | '.join(f"{float(m):g}δ = {float(m) * summary['margin']:.4f}" for m in ms) + ' |', '|---|' + '---|' * len(ms)]
+        out += [f'| {pct(f)} | ' + ' | '.join(sw[m].get(f, '–') for m in ms) + ' |' for f in fr]
+    c = summary.get('calibration')
+    out.append('')
+    if c:
+        det = f"{c['detectable_margins']}δ = {c['detectable']:.4f} CER" if c.get('detectable') is not None else 'none up to 8δ' if _f(c.get('power')) != '–' else 'not measured'
+        out += [f"**Error rates of this design**, measured by simulating {c['simulations']} studies per truth of its own size ({c['configs']} configurations, "
+                f"{c['seeds']} seeds, n = {c['n']}) from a generative model with this run's noise levels:", '',
+                '| interval coverage | false "worse" (no difference) | false "within" (truth δ worse) | power at 2δ | smallest difference detected with 80 % power |',
+                '|---|---|---|---|---|',
+                f"| {_f(c['coverage'], '{:.1%}')} (target ≥ 92 %) | {_f(c['false_worse'], '{:.1%}')} (≤ 5 %) | {_f(c['false_within'], '{:.1%}')} (≤ 5 %) | "
+                f"{_f(c['power'], '{:.1%}')} (≥ 80 %) | {det} |"]
+    else: out.append(f"**Error rates of this design**: not simulated ({summary.get('calibration_skipped') or 'not asked for'}).")
+    kept = summary.get('kept') or {}
+    if kept:
+        out += ['', f"**The students the searches keep** (lowest mean dev CER of the panel at {b:g}×, mean over seeds):", '',
+                '| search on | configuration | test CER | out-of-domain CER | real-speech CER | real-speech WER |', '|---|---|---|---|---|---|']
+        out += [f"| {pct(f)} | `{k['config']}` | {_f(k.get('test_cer'))} | {_f(k.get('ood_cer'))} | {_f(k.get('real_cer'))} | {_f(k.get('real_wer'))} |"
+                for f, k in kept.items()]
+    live = summary.get('live_searches') or {}
+    if live:
+        out += ['', "**The live TPE searches** (the paper's method, beside the table's random-search answer): best dev CER of each fraction's "
+                'own searches and their compute.', '', '| search on | replicates | best dev CER (own search) | CPU-hours per search | compute vs 100 % |',
+                '|---|---|---|---|---|']
+        out += [f"| {pct(f)} | {v.get('replicates')} | {_f(v.get('best_cer'))} | {_f(v.get('cpu_hours'), '{:.3f}')} | {_f(v.get('cost_ratio'), '{:.0%}')} |"
+                for f, v in sorted(live.items(), key=lambda kv: -float(kv[0]))]
+    conclusion = re.sub(r'\n(?!- )', '\n\n', summary.get('conclusion') or '(none)')   # each sentence line its own paragraph, list items kept
+    out += ['', '**Conclusion** (generated from the numbers):', '', conclusion]
+    if summary.get('card'): out += ['', card_text(summary['card'])]
+    return '\n'.join(out)
+
 
 # %% ../nbs/06a_report.ipynb #c018f
 def offline_html(body:str) -> str:
@@ -330,7 +412,8 @@ def offline_html(body:str) -> str:
     return re.sub(r'<script[^>]*\bsrc="https?://[^"]*"[^>]*>\s*</script>', '', body)
 
 def headline_html(summary:dict) -> str:
-    "The headline as HTML: the fractions' table, the noise ceiling, the conclusion and the run card."
+    "The headline as HTML: `answer_markdown` for a table's summary; for an older summary the fractions' table, the noise ceiling, the conclusion and the card."
+    if 'design' in summary: return markdown_html(answer_markdown(summary))
     f3 = lambda v, fmt='{:.3f}': '–' if v is None else fmt.format(v)
     ci = lambda v, fmt: f'[{f3((v or [None, None])[0], fmt)}, {f3((v or [None, None])[1], fmt)}]'
     rows = ''.join(f"<tr><td>{pct(f)}</td><td>{q.get('replicates')}</td><td>{f3(q.get('best_cer'))}</td><td>{f3(q.get('cost_ratio'), '{:.0%}')}</td>"

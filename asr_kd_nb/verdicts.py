@@ -539,6 +539,13 @@ def verdict_text(summary:dict) -> str: # the output of `analyse_table`
         out.append(f"- {_pct(fk)} of the data: {VERDICT_WORDS[v['verdict']]} (difference {v['diff']:+.4f} CER, "
                    f"{1 - summary['design']['alpha']:.0%} interval [{lo:+.4f}, {hi:+.4f}]); it saves "
                    f"{v['saving_cpu_s'] / 3600:.2f} CPU-hours per search ({v['cost_ratio']:.0%} of the 100 % search's compute).")
+    kept = summary.get('kept') or {}   # added by the data-size stage: the student each fraction's search of the whole panel keeps
+    if kept:
+        rs = lambda d: ((f", real-speech CER {d['real_cer']:.3f}" + (f" / WER {d['real_wer']:.3f}" if _finite(d.get('real_wer')) else ''))
+                        if _finite(d.get('real_cer')) else '')
+        out.append(f"The student a search of the whole panel keeps (lowest dev CER at {p['budget']:g}×, mean over seeds): "
+                   + '; '.join(f"{_pct(fk)}: {d['config']}, test CER {d['test_cer']:.3f}{rs(d)}" for fk, d in kept.items()
+                               if _finite(d.get('test_cer'))) + '.')
     pl, top = summary['plateau_budget'], max(summary['design']['budgets'])
     if pl is None:
         out.append(f"The students do not plateau within the longest budget ({top:g}×): the answer holds for budget {p['budget']:g}× only.")
@@ -555,7 +562,8 @@ def verdict_text(summary:dict) -> str: # the output of `analyse_table`
                    + (f"power at 2δ {c['power']:.0%}; " if _finite(c['power']) else
                       'power at 2δ not measured (no 2δ difference can arise among these configurations); ')
                    + (f"the smallest difference it detects with 80 % power is {c['detectable_margins']}δ = {c['detectable']:.4f} CER."
-                      if c['detectable'] is not None else 'it detects no difference up to 8δ with 80 % power.')
+                      if c['detectable'] is not None else 'it detects no difference up to 8δ with 80 % power.' if _finite(c['power'])
+                      else 'nor the smallest difference it detects.')
                    + ('' if c['meets_targets'] else ' It misses the targets (coverage ≥ 92 %, false "worse" and "within" ≤ 5 %, '
                       'power ≥ 80 % at 2δ): read its verdicts with those error rates.'))
     return '\n'.join(out)

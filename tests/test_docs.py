@@ -19,6 +19,11 @@ def _dom(page: Path) -> str:
     return r.stdout
 
 
+def README_ANSWER() -> str:
+    readme = (ROOT/'README.md').read_text(encoding='utf-8')
+    return readme[readme.index('## The answer'):readme.index('## What the two commands do')]
+
+
 def _title(stem: str) -> str:
     nb = nbformat.read(ROOT/'nbs'/f'{stem}.ipynb', as_version=4)
     return next(m[1].strip() for c in nb.cells if c.cell_type == 'markdown' for m in [re.search(r'^#\s+(.+)$', c.source, re.M)] if m)
@@ -42,7 +47,9 @@ def test_docs_site_opens_in_chromium(tmp_path):
     assert f'>{_title("06_search")}' in dom                                  # the chapter's title, rendered
     assert 'id="search_worker"' in dom and 'show_doc' not in dom             # its API section, not the call
     home = _dom(out/'index.html')
-    assert _title('index') in home and '<table' in home and 'Noise ceiling' in home   # the published answer, as on the README
+    assert _title('index') in home
+    answer = README_ANSWER()                                                 # the published answer, as on the README
+    assert ('Error rates of this design' in home and '<table' in home) if 'Error rates of this design' in answer else 'No run of the current design' in home
 
     full = tmp_path/'full'
     r = asr_kd('docs', '--out', full, '--chapters', '06a_report', timeout=1800)

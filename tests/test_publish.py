@@ -10,6 +10,7 @@ def test_publish_refuses_a_smoke_run(smoke_run, tmp_path):
     dest = publish_results(smoke_run['dir'], dest=tmp_path/'images', force=True)
     res = json.loads((dest/'results.json').read_text())
     assert res['preset'] == 'smoke' and res['command'] == f"asr-kd run --preset smoke --run-dir {smoke_run['dir']}", res['command']
+    assert res['machine'] and ' cores' in res['machine']                 # where it ran: CPU model and cores
     assert res['summary']['per_fraction'] and set(res['figures']) == {p.name for p in dest.iterdir() if p.suffix == '.png'}
 
 def test_run_prints_the_html_report(smoke_run):
