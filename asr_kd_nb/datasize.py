@@ -50,7 +50,7 @@ class DatasizeConfig:
     workers: int = 0               # local worker processes (0: `search.workers`, else one per core, `search.workers_per_device` per GPU)
     objective: str = ''            # the table job 'module:function'; '' = KD training (`kd_table_job`)
     presets: ClassVar[dict] = {
-        'default': {'panel_size': 24, 'checkpoints': [0.25, 0.5, 1.0, 2.0]},
+        'default': {'panel_size': 24, 'checkpoints': [0.25, 0.5, 1.0]},   # up to the trial budget (0.4 epochs): sized for 60 min on 2 cores
         'full': {'panel_size': 96, 'table_seeds': [0, 1, 2], 'checkpoints': [0.25, 0.5, 1.0, 2.0, 4.0]},
         'paper': {'panel_size': 24, 'checkpoints': [0.25, 0.5, 1.0, 2.0, 4.0], 'workers': 1},
     }
@@ -78,8 +78,8 @@ def table_seeds_drawn(cfg):
 def table_cost(cfg, # a `StudyConfig`
                n_train:int, # training utterances at 100 %
                n_eval:int, # utterances scored at each checkpoint (dev + test + out-of-domain + real speech)
-               s_per_utterance_epoch:float, # CPU seconds per utterance per epoch of training (measured: 7.8 ms on the default run)
-               eval_share:float=1/3, # CPU of scoring one utterance, as a share of training on it
+               s_per_utterance_epoch:float, # CPU seconds per utterance per epoch of training (measured: 36.4 ms on the default run)
+               eval_share:float=0.085, # CPU of scoring one utterance, as a share of training on it (measured on the default run)
               ) -> dict:
     "Predicted jobs and CPU-seconds of the table of `cfg`: training to the last checkpoint, scoring at every checkpoint, and the total."
     dc, fr = cfg.datasize, [float(f) for f in cfg.splits.fractions]
@@ -171,20 +171,24 @@ def train_checkpoints(hp:StudentHParams, # the configuration
                       marks:dict, # `budget_marks` output
                       score:Callable, # student -> {column: CER}, called at each mark
                       device:str='cpu',
+                      final:Callable|None=None, # student -> {column: value}, added at the marks of `final_at` only (sets too costly for every mark)
+                      final_at:list|None=None, # budgets at which `final` scores (None: the last)
                      ) -> tuple[list[dict], str]:
     "One training to the last mark, scored at each: rows {budget, steps, epochs, cpu_s, audio_s, **score} and why it stopped early ('')."
     meter, rows, spent, at = AudioMeter(cache), [], {'score': 0.0}, {}
     for b, s in marks.items(): at.setdefault(s, []).append(b)
-    n, c0, reason = len(train_ids), time.process_time(), ''
+    n, c0, reason, last = len(train_ids), time.process_time(), '', max(at)
+    extra = {last} if final_at is None else {marks[float(b)] for b in final_at if float(b) in marks}
     def on_step(done, student):
         if done not in at: return
         t, meter.counting = time.process_time(), False
-        try: cers = score(student)
+        try: cers = {**score(student), **(final(student) if final is not None and done in extra else {})}
         finally: meter.counting = True
-        row = {'steps': done, 'epochs': meter.utterances_read / n, 'cpu_s': t - c0 - spent['score'], 'audio_s': meter.frames_read * FRAME_S, **cers}
+        row = {'steps': done, 'epochs': meter.utterances_read / n, 'cpu_s': t - c0 - spent['score'], 'audio_s': meter.frames_read * FRAME_S,
+               **{c: math.nan for c in SCORE_COLUMNS}, **cers}
         spent['score'] += time.process_time() - t
         rows.extend({'budget': b, **row} for b in at[done])
-    try: train_student(hp, meter, train_ids, kd_cfg, seed, max(at), device=device, on_step=on_step)
+    try: train_student(hp, meter, train_ids, kd_cfg, seed, last, device=device, on_step=on_step)
     except TrainingDiverged as e:
         reason = str(e)[:300]; log.warning('table training of %s diverged: %s', hp.summary(), reason)
     got = {r['budget'] for r in rows}
@@ -209,15 +213,22 @@ def eval_sets(run_dir, cache) -> dict:
     dev, src = dev_folds_of(run_dir)
     return {'dev': dev, 'test': test_folds(run_dir), 'ood': cache_set_ids(cache, 'ood'), 'real': cache_set_ids(cache, 'real'), 'dev_source': src}
 
-def score_sets(student, cache, sets:dict, batch_size:int=16, device:str='cpu') -> dict:
+def score_sets(student, cache, sets:dict, batch_size:int=16, device:str='cpu',
+               parts:tuple=('dev', 'test', 'ood', 'real'), # which sets to score (the columns of the others are left out)
+              ) -> dict:
     "`SCORE_COLUMNS` of a student: geometric-mean CER over dev folds and over test folds; pooled out-of-domain CER, real-speech CER and WER (NaN: no set)."
     g = lambda folds: geometric_mean([evaluate_fold(student, cache, ids, batch_size, device)[0] for ids in folds.values()])
     p = lambda ids: evaluate_fold(student, cache, ids, batch_size, device)[0] if ids else math.nan
-    real_cer = real_wer = math.nan
-    if sets['real']:
-        real_cer, hyps = evaluate_fold(student, cache, sets['real'], batch_size, device)
-        real_wer = wer([cache.text(i) for i in sets['real']], hyps)
-    return {'dev_cer': g(sets['dev']), 'test_cer': g(sets['test']), 'ood_cer': p(sets['ood']), 'real_cer': real_cer, 'real_wer': real_wer}
+    out = {}
+    if 'dev' in parts: out['dev_cer'] = g(sets['dev'])
+    if 'test' in parts: out['test_cer'] = g(sets['test'])
+    if 'ood' in parts: out['ood_cer'] = p(sets['ood'])
+    if 'real' in parts:
+        out['real_cer'] = out['real_wer'] = math.nan
+        if sets['real']:
+            out['real_cer'], hyps = evaluate_fold(student, cache, sets['real'], batch_size, device)
+            out['real_wer'] = wer([cache.text(i) for i in sets['real']], hyps)
+    return out
 
 # %% ../nbs/07_datasize.ipynb #c025
 @lru_cache(maxsize=2)
@@ -241,8 +252,9 @@ def kd_table_job(run_dir:str, # run directory (config, splits, teacher cache)
     kd_cfg = cfg.kd if not cfg.search.steps else replace(cfg.kd, budget='steps', steps=cfg.search.steps)
     ids, h = training_ids(run_dir, job['fraction'], job['seed']), StudentHParams(**hp).validate()
     marks = budget_marks(kd_cfg, len(ids), h.minibatch_size, budgets)
-    rows, reason = train_checkpoints(h, cache, ids, kd_cfg, int(job['seed']), marks,
-                                     lambda s: score_sets(s, cache, ctx['sets'], kd_cfg.eval_batch_size, ctx['device']), ctx['device'])
+    sc = lambda parts: lambda s: score_sets(s, cache, ctx['sets'], kd_cfg.eval_batch_size, ctx['device'], parts)
+    rows, reason = train_checkpoints(h, cache, ids, kd_cfg, int(job['seed']), marks, sc(('dev', 'test', 'ood')), ctx['device'],
+                                     final=sc(('real',)), final_at=[max(budgets), cfg.verdicts.primary_budget])   # where students are kept
     return {'rows': rows, 'reason': reason, 'train_ids': _ids_fingerprint(ids), 'n_train': len(ids),
             'parameters': count_parameters(build_student(h, len(cache.vocab)))}
 
@@ -375,8 +387,8 @@ TABLE_SCHEMA = {
     'dev_cer': 'CER on the dev speaker clusters: geometric mean over dev folds (what selects)',
     'test_cer': 'CER on the test speaker clusters: geometric mean over test folds (what reports)',
     'ood_cer': 'pooled CER on the out-of-domain set (NaN: no such set)',
-    'real_cer': 'pooled CER on the real-speech set (NaN: no such set)',
-    'real_wer': 'pooled WER on the real-speech set (NaN: no such set)',
+    'real_cer': 'pooled CER on the real-speech set (NaN: no such set, or a budget other than the longest and the primary one)',
+    'real_wer': 'pooled WER on the real-speech set (NaN as real_cer)',
     'cpu_s': 'process CPU-seconds of the training so far (scoring excluded)',
     'audio_s': 'seconds of training audio read so far (with repeats)',
     'parameters': "the student's trainable parameters",

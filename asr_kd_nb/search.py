@@ -206,13 +206,17 @@ class SearchConfig:
     objective: str = ''                # scorer factory 'module:function'; '' = the KD objective (`kd_scorer`)
     select_on: str = 'dev'             # folds the objective (every selection) reads: 'dev' clusters, or 'test' (the paper's way)
     presets: ClassVar[dict] = {
-        'default': {'space': {'hidden_layer_size': '2**int[4..7]', 'ffn_dim': '2**int[3..8]', 'num_heads': '2**int[1..3]',
+        'default': {'space': {'hidden_layer_size': '2**int[4..6]', 'ffn_dim': '2**int[3..7]', 'num_heads': '2**int[1..3]',
                               'num_layers': 'int[2..3]', 'depthwise_conv_kernel_size': 'int[3..11] step 2',
                               'kernel_size': 'int[3..10]', 'dropout': 'float[0.1..0.5]', 'minibatch_size': 'int[4..16]',
-                              'learning_rate': 'float[1e-06..0.01] log'},
+                              'learning_rate': 'float[0.0001..0.01] log'},   # a trial is a few dozen steps: below 1e-4 nothing is learnt
                     'n_trials': 8, 'replicates': 3, 'sampler_startup_trials': 4,
                     'enqueue_paper': False},   # nothing shared between searches: the paper's configs are in 07's panel
-        'full': {'n_trials': 30, 'replicates': 3, 'sampler_startup_trials': 8,
+        'full': {'space': {'hidden_layer_size': '2**int[4..7]', 'ffn_dim': '2**int[3..8]', 'num_heads': '2**int[1..3]',
+                           'num_layers': 'int[2..3]', 'depthwise_conv_kernel_size': 'int[3..11] step 2',
+                           'kernel_size': 'int[3..10]', 'dropout': 'float[0.1..0.5]', 'minibatch_size': 'int[4..16]',
+                           'learning_rate': 'float[1e-06..0.01] log'},   # students up to 128 wide (default: 64, for its 60 min)
+                 'n_trials': 30, 'replicates': 3, 'sampler_startup_trials': 8,
                  'pruner': 'wilcoxon', 'checkpoints': 4},   # P3's winner at 24 trials (nbs/bench/pruners_cpu.json; see P3 below)
         'paper': {'space': {'hidden_layer_size': '2**int[6..9]', 'ffn_dim': '2**int[5..10]', 'num_heads': '2**int[1..3]',
                             'num_layers': 'int[4..6]', 'depthwise_conv_kernel_size': 'int[3..12] step 2',

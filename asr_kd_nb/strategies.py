@@ -57,7 +57,8 @@ class StrategiesConfig:
     objective: str = 'kd'             # scorer factory: a key of `SCORER_FACTORIES` ('kd', 'synthetic') or 'module:function' (run_dir -> Scorer)
     reuse_searches: bool = True       # the search stage's studies are the traces of `full` and `fraction-*` (KD objective only)
     workers: int = 0                  # processes running (strategy, replicate) jobs and retrainings; 0: one per core this process may use
-    presets: ClassVar[dict] = {'default': {'budget_trials': 6.0, 'replicates': 3, 'grid': 1, 'pareto_trials': 0, 'bracket': 6, 'rungs': [0.3, 1.0]},
+    presets: ClassVar[dict] = {'default': {'budget_trials': 6.0, 'replicates': 3, 'grid': 1, 'pareto_trials': 0, 'bracket': 6, 'rungs': [0.3, 1.0],
+                                           'full_seeds': 1},   # one retraining seed: sized for the 60 min
                                'full': {'budget_trials': 8.0, 'replicates': 3, 'grid': 4, 'pareto_trials': 8, 'full_seeds': 3, 'bracket': 9, 'rungs': [0.3, 0.5, 1.0]},
                                'paper': {'budget_trials': 50.0, 'replicates': 3, 'pareto_trials': 20, 'bracket': 9, 'grid': 8}}
 

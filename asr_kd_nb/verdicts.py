@@ -402,10 +402,11 @@ def plateau_budget(budgets:list, # checkpoints, ascending
                    cer:np.ndarray, # (budgets,) CER at each checkpoint
                    gain:float=0.10, # share of CER that a doubling must gain to count as progress
                   ) -> float|None:
-    "The smallest budget b with b and 2b in the table where CER(2b) > (1 - gain) CER(b); None if none."
+    "The smallest budget b with b and 2b in the table where CER(2b) > (1 - gain) CER(b) and CER(b) < 1 - gain (it learns); None if none."
     at = dict(zip([float(b) for b in budgets], np.asarray(cer, float)))
     for b in sorted(at):
-        if 2 * b in at and np.isfinite(at[b]) and np.isfinite(at[2 * b]) and at[2 * b] > (1 - gain) * at[b]: return b
+        if (2 * b in at and np.isfinite(at[b]) and np.isfinite(at[2 * b]) and at[2 * b] > (1 - gain) * at[b]
+            and at[b] < 1 - gain): return b
     return None
 
 # %% ../nbs/06b_verdicts.ipynb #v039
@@ -548,7 +549,10 @@ def verdict_text(summary:dict) -> str: # the output of `analyse_table`
                                if _finite(d.get('test_cer'))) + '.')
     pl, top = summary['plateau_budget'], max(summary['design']['budgets'])
     if pl is None:
-        out.append(f"The students do not plateau within the longest budget ({top:g}×): the answer holds for budget {p['budget']:g}× only.")
+        lc = summary.get('learning_curve') or {}
+        level = (f" (median test CER of the panel's better half on 100 %: " + ', '.join(f'{float(b):g}× {c:.3f}' for b, c in lc.items())
+                 + '; a student that emits nothing scores 1)') if lc else ''
+        out.append(f"The students do not plateau within the longest budget ({top:g}×){level}: the answer holds for budget {p['budget']:g}× only.")
     else:
         at = {fk: v['by_budget'].get(f'{pl:g}') for fk, v in per.items()}
         out.append(f"The students plateau at budget {pl:g}× (doubling it gains less than 10 % CER); there the verdicts are "
@@ -636,9 +640,11 @@ def plot_learning_curves(table:pd.DataFrame, # the data-size table
         for c in best:
             g = t[(t['fraction'] == f) & (t['config'] == c)].groupby('budget')['test_cer'].mean()
             ax.plot(g.index, g.values, 'o-', label=c)
+        bs = sorted(t['budget'].unique())
         ax.set(title=f'{_pct(f)} of the data', xlabel='budget (× trial budget)', xscale='log')
-    axes[0][0].set_ylabel('test CER'); axes[0][-1].legend(fontsize=7)
-    fig.suptitle('Learning curves of the best configurations on 100 %'); return fig
+        ax.xaxis.set_minor_locator(plt.NullLocator()); ax.set_xticks(bs, [f'{b:g}×' for b in bs])   # the checkpoints, not 3×10⁻¹
+    axes[0][0].set_ylabel('test CER'); axes[0][-1].legend(fontsize=7, title='panel rows')
+    fig.suptitle('Learning curves of the best quasi-random configurations (by 100 % dev CER)'); fig.tight_layout(); return fig
 
 # %% ../nbs/06b_verdicts.ipynb #v053
 def design_for_power(cfg) -> dict: # a `StudyConfig`
