@@ -796,5 +796,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'asr_kd_nb.verdicts.synthetic_table': ('verdicts.html#synthetic_table', 'asr_kd_nb/verdicts.py'),
                                     'asr_kd_nb.verdicts.table_cubes': ('verdicts.html#table_cubes', 'asr_kd_nb/verdicts.py'),
                                     'asr_kd_nb.verdicts.true_difference': ('verdicts.html#true_difference', 'asr_kd_nb/verdicts.py'),
+                                    'asr_kd_nb.verdicts.unstarted_budgets': ('verdicts.html#unstarted_budgets', 'asr_kd_nb/verdicts.py'),
                                     'asr_kd_nb.verdicts.verdict': ('verdicts.html#verdict', 'asr_kd_nb/verdicts.py'),
                                     'asr_kd_nb.verdicts.verdict_text': ('verdicts.html#verdict_text', 'asr_kd_nb/verdicts.py')}}}

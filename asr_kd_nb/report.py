@@ -367,9 +367,14 @@ def answer_markdown(summary:dict, # a table's summary: `verdicts.analyse_table` 
     bs = [f'{x:g}' for x in d['budgets']]
     out += ['', f"**Verdicts at every training budget** (n = {n}, δ = {summary['margin']:.4f}; the difference in test CER in brackets):", '',
             '| search on | ' + ' | '.join(f'{x}×' for x in bs) + ' |', '|---|' + '---|' * len(bs)]
+    from asr_kd_nb.verdicts import unstarted_budgets   # (lazy: the verdicts chapter comes after this one)
+    un = {f'{x:g}' for x in unstarted_budgets(summary)}
     for f in fr:
-        cell = lambda x: f"{per[f]['by_budget'].get(x, '–')} ({_f((per[f].get('by_budget_diff', {}).get(x) or {}).get('mean'), '{:+.3f}')})"
+        cell = lambda x: (f"{per[f]['by_budget'].get(x, '–')} ({_f((per[f].get('by_budget_diff', {}).get(x) or {}).get('mean'), '{:+.3f}')})"
+                          + (' †' if x in un else ''))
         out.append(f'| {pct(f)} | ' + ' | '.join(cell(x) for x in bs) + ' |')
+    if un: out += ['', "† The panel's better half had not started to learn at this budget (its median test CER on 100 % is at or above "
+                   f"{1 - summary.get('plateau_gain', 0.1):g}; a student that emits nothing scores 1): these verdicts compare untrained students."]
     sw = summary.get('margin_sweep') or {}
     if sw:
         ms = sorted(sw, key=float)

@@ -20,9 +20,9 @@ __all__ = ['log', 'VERDICTS', 'MARGIN_KINDS', 'TABLE_COLUMNS', 'CALIBRATION_TARG
            'search_outcomes', 'bootstrap_ci', 'search_statistics', 'verdict', 'TableModel', 'prior_model',
            'simulate_cells', 'true_difference', 'distortion_for', 'estimate_model', 'panel_margin',
            'simulated_verdicts', 'calibrate', 'spearman', 'kendall', 'rank_agreement', 'plateau_budget',
-           'analyse_table', 'synthetic_table', 'margin_table', 'verdict_text', 'plot_regret_by_n', 'plot_regret_cpu',
-           'plot_verdict_grid', 'plot_learning_curves', 'design_for_power', 'power_report', 'power_text',
-           'add_power_args', 'power_command']
+           'unstarted_budgets', 'analyse_table', 'synthetic_table', 'margin_table', 'verdict_text', 'plot_regret_by_n',
+           'plot_regret_cpu', 'plot_verdict_grid', 'plot_learning_curves', 'design_for_power', 'power_report',
+           'power_text', 'add_power_args', 'power_command']
 
 # %% ../nbs/06b_verdicts.ipynb #v006
 VERDICTS = ('within', 'worse', 'cannot tell')
@@ -409,6 +409,12 @@ def plateau_budget(budgets:list, # checkpoints, ascending
             and at[b] < 1 - gain): return b
     return None
 
+def unstarted_budgets(summary:dict, # the output of `analyse_table` (its `learning_curve`)
+                     ) -> list[float]:
+    "Budgets at which the panel's better half has not started to learn: median test CER on 100 % at or above 1 - plateau_gain."
+    g = summary.get('plateau_gain', VerdictsConfig.plateau_gain)
+    return [float(b) for b, c in (summary.get('learning_curve') or {}).items() if c is not None and math.isfinite(c) and c >= 1 - g]
+
 # %% ../nbs/06b_verdicts.ipynb #v039
 def _key(b) -> str: return f'{float(b):g}'
 
@@ -477,7 +483,7 @@ def analyse_table(table:pd.DataFrame, # the data-size table (TABLE_SCHEMA shape)
                'primary': {'n': vc.primary_n, 'budget': pb, 'declared_budget': vc.primary_budget},
                'per_fraction': per, 'full_search': full_search, 'margin_sweep': sweep,
                'learning_curve': {_key(b): float(c) for b, c in zip(budgets, curve)},
-               'plateau_budget': plateau_budget(budgets, curve, vc.plateau_gain), 'calibration': None}
+               'plateau_budget': plateau_budget(budgets, curve, vc.plateau_gain), 'plateau_gain': vc.plateau_gain, 'calibration': None}
     summary['calibration_skipped'] = ('not asked for' if not calibration else None if live and vc.primary_n <= M - 1 else
                                       f'{M} live configurations and {S} seeds cannot hold a search of n = {vc.primary_n} '
                                       '(needs n + 1 configurations, at least 3, and 2 seeds)')
@@ -555,8 +561,13 @@ def verdict_text(summary:dict) -> str: # the output of `analyse_table`
         out.append(f"The students do not plateau within the longest budget ({top:g}×){level}: the answer holds for budget {p['budget']:g}× only.")
     else:
         at = {fk: v['by_budget'].get(f'{pl:g}') for fk, v in per.items()}
-        out.append(f"The students plateau at budget {pl:g}× (doubling it gains less than 10 % CER); there the verdicts are "
+        out.append(f"The students plateau at budget {pl:g}× (doubling it gains less than {summary.get('plateau_gain', VerdictsConfig.plateau_gain):.0%} CER); there the verdicts are "
                    + ', '.join(f'{_pct(fk)}: {w}' for fk, w in at.items()) + '.')
+    if (un := unstarted_budgets(summary)):
+        out.append(f"At {', '.join(f'{b:g}×' for b in un)} the panel's better half has not started to learn (median test CER on 100 % "
+                   f"≥ {1 - summary.get('plateau_gain', VerdictsConfig.plateau_gain):g}): the verdicts there compare untrained students "
+                   "and say nothing about the data a search needs"
+                   + (', the primary cell included.' if p['budget'] in un else '.'))
     c = summary.get('calibration')
     if not c: out.append(f"The design's error rates were not simulated: {summary.get('calibration_skipped', 'not asked for')}.")
     else:
