@@ -745,6 +745,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'asr_kd_nb.teacher.teacher_cers': ('teacher.html#teacher_cers', 'asr_kd_nb/teacher.py'),
                                    'asr_kd_nb.teacher.teacher_dir_frame': ('teacher.html#teacher_dir_frame', 'asr_kd_nb/teacher.py'),
                                    'asr_kd_nb.teacher.teacher_key': ('teacher.html#teacher_key', 'asr_kd_nb/teacher.py'),
+                                   'asr_kd_nb.teacher.teacher_only_utterances': ( 'teacher.html#teacher_only_utterances',
+                                                                                  'asr_kd_nb/teacher.py'),
                                    'asr_kd_nb.teacher.teacher_stage': ('teacher.html#teacher_stage', 'asr_kd_nb/teacher.py'),
                                    'asr_kd_nb.teacher.text_ids': ('teacher.html#text_ids', 'asr_kd_nb/teacher.py'),
                                    'asr_kd_nb.teacher.train_ctc': ('teacher.html#train_ctc', 'asr_kd_nb/teacher.py'),

@@ -47,6 +47,7 @@ class CorpusConfig:
     real_speech_dir: str = ''       # festvox-ru voice folder (wav/, etc/txt.done.data), for source='embedded'; '' or a missing folder = none
     n_real_test: int = 6            # recorded sentences held out as the real-speech test set (never trained on)
     n_real_train: int = 4           # recorded sentences, drawn after the held-out ones, that join the training pool
+    n_real_teacher: int = 0         # recorded sentences, drawn after those, that train the teacher only (`corpus/teacher_manifest.jsonl`)
     prose_dir: str = ''             # folder of fortune files read as open-vocabulary prose, for source='embedded'; '' = commands only
     prose_share: float = 0.5        # share of the synthetic utterances that read prose (the rest read the command grammar)
     prose_max_words: int = 12       # longest prose sentence read, in words
@@ -55,10 +56,11 @@ class CorpusConfig:
     seed: int = 0                   # synthesis seed (speakers, sentences, the held-out recorded sentences)
     workers: int = 2                # parallel synthesis processes
     presets: ClassVar[dict] = {
-        'smoke': {'n_utterances': 200, 'real_speech_dir': FESTVOX_RU_DIR, 'prose_dir': FORTUNES_RU_DIR, 'prose_max_words': 8},
+        'smoke': {'n_utterances': 200, 'real_speech_dir': FESTVOX_RU_DIR, 'n_real_teacher': 2, 'prose_dir': FORTUNES_RU_DIR,
+                  'prose_max_words': 8},
         'default': {'n_utterances': 1000, 'n_speakers': 14, 'n_ood': 150, 'n_ood_speakers': 6, 'real_speech_dir': FESTVOX_RU_DIR,
-                    'n_real_test': 150, 'n_real_train': 120, 'prose_dir': FORTUNES_RU_DIR},   # sized for 60 min on 2 cores
-        'full': {'n_utterances': 1400, 'n_ood': 300, 'n_real_train': 240},                     # 'full' = 'default' with these changes
+                    'n_real_test': 150, 'n_real_train': 60, 'n_real_teacher': 410, 'prose_dir': FORTUNES_RU_DIR},   # sized for 60 min on 2 cores
+        'full': {'n_utterances': 1400, 'n_ood': 300, 'n_real_train': 240, 'n_real_teacher': 230},    # 'full' = 'default' with these changes
         'paper': {'source': 'hf', 'ood_dataset': 'dangrebenkin/voxforge-ru-dataset'},
     }
 
@@ -71,7 +73,7 @@ class CorpusConfig:
             require(len(v) > 0 and all(isinstance(s, str) and s for s in v), f'corpus.{k}', v, 'a non-empty list of split names')
         for k in ('n_utterances', 'n_speakers', 'n_ood_speakers', 'workers'):
             require(getattr(self, k) >= 1, f'corpus.{k}', getattr(self, k), 'an integer >= 1')
-        for k in ('n_ood', 'n_real_test', 'n_real_train'):
+        for k in ('n_ood', 'n_real_test', 'n_real_train', 'n_real_teacher'):
             require(getattr(self, k) >= 0, f'corpus.{k}', getattr(self, k), 'an integer >= 0')
         require(self.n_speakers <= self.n_utterances, 'corpus.n_speakers', self.n_speakers, f'at most corpus.n_utterances ({self.n_utterances})')
         require(0 <= self.min_duration < self.max_duration, 'corpus.min_duration', self.min_duration,
@@ -465,17 +467,22 @@ def read_festvox_prompts(path) -> list[tuple]:
 def split_real_sentences(ids:list, # recorded utterance ids, in file order
                          n_test:int, # held out: the real-speech test set
                          n_train:int, # joining the training pool
-                         seed:int) -> tuple[list, list]:
-    "(test ids, train ids): a seeded draw of `n_test` held-out ids, then `n_train` more for training (fewer when there are not enough)."
+                         seed:int,
+                         n_teacher:int=0, # training the teacher only
+                        ) -> tuple[list, list, list]:
+    "(test, train, teacher-only ids): a seeded draw of `n_test` held-out ids, then `n_train`, then `n_teacher` (fewer when there are not enough)."
     if n_test > len(ids): raise ValueError(f'corpus.n_real_test={n_test} but the recordings hold {len(ids)} sentences')
     order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
-    test, train = sorted(order[:n_test]), sorted(order[n_test:n_test + n_train])
+    a, b = n_test + n_train, n_test + n_train + n_teacher
+    test, train, teacher = sorted(order[:n_test]), sorted(order[n_test:a]), sorted(order[a:b])
     if len(train) < n_train: log.warning('corpus.n_real_train=%d, but only %d recorded sentences are left after the test set', n_train, len(train))
-    return test, train
+    if len(teacher) < n_teacher:
+        log.warning('corpus.n_real_teacher=%d, but only %d recorded sentences are left after the test and training ones', n_teacher, len(teacher))
+    return test, train, teacher
 
 # %% ../nbs/00_corpus.ipynb #rr09
 def real_speech_candidates(cfg:CorpusConfig) -> dict:
-    "The festvox-ru candidates {'present', 'reason', 'dir', 'test', 'train', 'malformed', 'unused'}, or why the set is absent."
+    "The festvox-ru candidates {'present', 'reason', 'dir', 'test', 'train', 'teacher_only', 'malformed', 'unused'}, or why the set is absent."
     d = Path(cfg.real_speech_dir) if cfg.real_speech_dir else None
     if cfg.source != 'embedded': why = f"corpus.source={cfg.source!r} (recorded speech joins the embedded corpus only)"
     elif d is None: why = "corpus.real_speech_dir is '' (no recorded speech configured)"
@@ -487,10 +494,11 @@ def real_speech_candidates(cfg:CorpusConfig) -> dict:
     good = {i: t for i, t, _ in prompts if i is not None}
     malformed = [dict(id=f'festvox-line-{k + 1}', source='festvox-ru', reject=('malformed manifest line', f'{d/"etc"/"txt.done.data"}: {line[:80]!r}'))
                  for k, (i, _, line) in enumerate(prompts) if i is None]
-    test, train = split_real_sentences(list(good), cfg.n_real_test, cfg.n_real_train, derive_seed(cfg.seed, 'real-speech'))
+    test, train, teacher = split_real_sentences(list(good), cfg.n_real_test, cfg.n_real_train, derive_seed(cfg.seed, 'real-speech'),
+                                                cfg.n_real_teacher)
     cand = lambda i: dict(id=f'festvox-{i}', audio=d/'wav'/f'{i}.wav', text=good[i], speaker=REAL_SPEAKER, source='festvox-ru')
     return {'present': True, 'reason': '', 'dir': str(d), 'test': [cand(i) for i in test], 'train': [cand(i) for i in train],
-            'malformed': malformed, 'unused': len(good) - len(test) - len(train)}
+            'teacher_only': [cand(i) for i in teacher], 'malformed': malformed, 'unused': len(good) - len(test) - len(train) - len(teacher)}
 
 # %% ../nbs/00_corpus.ipynb #rr11
 def fake_festvox(d, # folder to create (the voice folder)
@@ -544,10 +552,12 @@ def build_corpus(cfg:CorpusConfig, run_dir) -> dict:
                                      len(real['test']) + len(real['malformed']), 'real speech (test)')
         real_train, real_train_rep = ingest(real['train'], out/'audio', cfg.min_duration, cfg.max_duration, len(real['train']),
                                             'real speech (train)')
+        real_teacher, real_teacher_rep = ingest(real['teacher_only'], out/'audio', cfg.min_duration, cfg.max_duration, len(real['teacher_only']),
+                                                'real speech (teacher only)')
     else:
         log.warning('real-speech set absent: %s; the study runs on the synthetic corpus alone', real['reason'])
-        real_test, real_train, real_rep, real_train_rep = [], [], None, None
-    held = {u.text for u in real_test}
+        real_test, real_train, real_teacher, real_rep, real_train_rep, real_teacher_rep = [], [], [], None, None, None
+    held = {u.text for u in real_test} | {u.text for u in real_teacher}   # no synthetic voice reads a held-out or teacher-only sentence
     prose, text_source = corpus_prose(cfg, held)
     n, it = corpus_candidates(cfg, exclude=held, prose=prose)
     main, rep = ingest(it, out/'audio', cfg.min_duration, cfg.max_duration, n, 'corpus')
@@ -557,17 +567,20 @@ def build_corpus(cfg:CorpusConfig, run_dir) -> dict:
     ood, ood_rep = ingest(it, out/'audio', cfg.min_duration, cfg.max_duration, n, 'out-of-domain')
     shared = {u.text for u in main} & {u.text for u in ood}
     write_manifest(main, out/'manifest.jsonl'); write_manifest(ood, out/'ood_manifest.jsonl')
-    if real_test: write_manifest(real_test, out/'real_manifest.jsonl')
-    else: (out/'real_manifest.jsonl').unlink(missing_ok=True)      # a rerun without recorded speech leaves no stale set
+    for name, utts in (('real_manifest.jsonl', real_test), ('teacher_manifest.jsonl', real_teacher)):
+        if utts: write_manifest(utts, out/name)
+        else: (out/name).unlink(missing_ok=True)                   # a rerun without recorded speech leaves no stale set
     report = {**rep, 'ood': ood_rep, 'ood_sentences_shared_with_main': len(shared), 'stats': corpus_stats(main),
               'ood_stats': corpus_stats(ood) if ood else None,
               'real_speech': {'present': bool(real_test), 'reason': real['reason'] or ('' if real_test else 'no recorded utterance accepted'),
-                              'dir': real['dir'], 'test': real_rep, 'train': real_train_rep, 'unused_sentences': real.get('unused'),
-                              'test_sentences_in_training': len(held & {u.text for u in main}),
+                              'dir': real['dir'], 'test': real_rep, 'train': real_train_rep, 'teacher_only': real_teacher_rep,
+                              'unused_sentences': real.get('unused'),
+                              'test_sentences_in_training': len({u.text for u in real_test} & {u.text for u in main + real_teacher}),
+                              'teacher_only_stats': corpus_stats(real_teacher) if real_teacher else None,
                               'stats': corpus_stats(real_test) if real_test else None},
               'text_source': text_source, 'prose_utterances': sum(u.text in set(prose) for u in main)}
     write_json(out/'report.json', report)
-    write_data_card(cfg, report, {'main': main, 'out-of-domain': ood, 'real-speech test': real_test}, out)
+    write_data_card(cfg, report, {'main': main, 'out-of-domain': ood, 'real-speech test': real_test, 'teacher only': real_teacher}, out)
     return report
 
 # %% ../nbs/00_corpus.ipynb #c037
@@ -627,7 +640,7 @@ AUDIO_SOURCES = {
                    'copyright': 'Copyright (c) 2005 Nickolay V. Shmyrev', 'notice': FESTVOX_RU_NOTICE,
                    'modifications': 'Modified: recordings decoded and rewritten as 16 kHz mono 16-bit WAV (resampled and down-mixed '
                                     'where needed); transcripts normalised (stress marks "+" removed, lowercased, ё -> е, '
-                                    'punctuation removed); sentences split into a held-out test set and a training part.'},
+                                    'punctuation removed); sentences split into a held-out test set, a training part and a part that trains the teacher only.'},
 }
 TEXT_SOURCES = {
     'command grammar': 'voice-assistant command templates of this project (main set)',

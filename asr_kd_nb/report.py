@@ -212,7 +212,8 @@ def run_card(run_dir) -> dict:
                        'hours': stats.get('hours'), 'ood_utterances': ood.get('utterances', 0 if corpus else None), 'sample_rate': 16000,
                        'real_speech': rs.get('present') if rs else None, 'real_reason': rs.get('reason'),
                        'real_test_utterances': real.get('utterances'), 'real_test_hours': real.get('hours'),
-                       'recorded_train_utterances': _get(rs, 'train', 'accepted')},
+                       'recorded_train_utterances': _get(rs, 'train', 'accepted'),
+                       'teacher_only_utterances': _get(rs, 'teacher_only', 'accepted'), 'teacher_only_hours': _get(rs, 'teacher_only_stats', 'hours')},
             'teacher': {'architecture': _get(teacher, 'identity', 'architecture'), 'parameters': teacher.get('parameters'),
                         'cer': _get(teacher, 'cer', 'test (pooled)'), 'wer': _get(teacher, 'wer', 'test (pooled)'),
                         'ood_cer': _get(teacher, 'cer', 'ood'), 'device': teacher.get('device'),
@@ -234,8 +235,10 @@ def card_text(card:dict) -> str:
     kept = f"kept in `{s['kept_in']}`" if s['kept_in'] else 'not kept'
     src = {'espeak': 'synthetic eSpeak NG speech', 'embedded': 'synthetic eSpeak NG speech', 'hf': 'Hugging Face dataset',
            'nemo': 'NeMo manifest'}.get(c['source'], c['source'])
+    tonly = (f", {c['teacher_only_utterances']:,} more ({f(c.get('teacher_only_hours'), '{:.2f}')} h) train the teacher only"
+             if c.get('teacher_only_utterances') else '')
     real = {True: f" Real speech (festvox-ru, one male speaker reading prose): {f(c.get('recorded_train_utterances'), '{:,}')} recorded "
-                  f"sentences train, {f(c.get('real_test_utterances'), '{:,}')} other sentences ({f(c.get('real_test_hours'), '{:.2f}')} h) "
+                  f"sentences train{tonly}, {f(c.get('real_test_utterances'), '{:,}')} other sentences ({f(c.get('real_test_hours'), '{:.2f}')} h) "
                   f"are the real-speech test set.",
             False: f" Real speech: absent ({c.get('real_reason') or 'not installed'}); the study ran on the synthetic corpus alone."}.get(c.get('real_speech'), '')
     rt = f", real-speech CER {f(t.get('real_cer'))} / WER {f(t.get('real_wer'))}" if t.get('real_cer') is not None else ''

@@ -24,9 +24,10 @@ from .masking import MaskSlot, masked_conformer
 __all__ = ['log', 'PAPER_TEACHER', 'PAPER_REVISION', 'PRECISIONS', 'WIN', 'HOP', 'CONFORMER_ARCH', 'PROB_TOL', 'CACHE_FORMAT',
            'CACHE_SETS', 'W2V2_CTC_FILES', 'EXTRA_SETS', 'TeacherConfig', 'set_threads', 'teacher_autocast', 'Teacher',
            'ConformerCTC', 'HFCTC', 'hf_vocab', 'make_w2v2', 'weights_sha256', 'save_conformer', 'load_teacher',
-           'text_ids', 'train_ctc', 'file_sha256', 'build_teacher_model', 'obtain_teacher', 'precision_error',
-           'choose_precision', 'teacher_key', 'cache_manifests', 'cache_key', 'cache_emissions', 'cache_set_ids',
-           'check_frame_rate', 'teacher_dir_frame', 'check_teacher_dir', 'teacher_cers', 'teacher_stage']
+           'text_ids', 'train_ctc', 'file_sha256', 'build_teacher_model', 'teacher_only_utterances', 'obtain_teacher',
+           'precision_error', 'choose_precision', 'teacher_key', 'cache_manifests', 'cache_key', 'cache_emissions',
+           'cache_set_ids', 'check_frame_rate', 'teacher_dir_frame', 'check_teacher_dir', 'teacher_cers',
+           'teacher_stage']
 
 # %% ../nbs/03_teacher.ipynb #c006
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class TeacherConfig:
     precision: str = 'auto'      # cache pass: 'auto' (on CUDA fp16 or bf16 when within tolerance of fp32, else fp32), 'fp32', 'fp16', 'bf16'
     threads: int = 0             # CPU threads for torch (0 = every core this process may use)
     presets: ClassVar[dict] = {
-        'default': {'hidden': 192, 'num_layers': 4, 'ffn_dim': 768, 'max_steps': 1200},   # ~13 min of the 60 on 2 cores; real prose is harder than commands
+        'default': {'hidden': 192, 'num_layers': 4, 'ffn_dim': 768, 'max_steps': 1500},   # ~21 min of the 60 on 2 cores; real prose is harder than commands
         'full': {'max_steps': 3000},
         'paper': {'source': PAPER_TEACHER, 'revision': PAPER_REVISION, 'eval_batch_size': 8},
     }
@@ -382,26 +383,50 @@ def build_teacher_model(tc:TeacherConfig) -> tuple[nn.Module, list, int]:
     vocab, blank = hf_vocab(proc, model.config.vocab_size)
     return HFCTC(model, proc), vocab, blank
 
+# %% ../nbs/03_teacher.ipynb #to02
+def teacher_only_utterances(run_dir) -> list[Utterance]:
+    "The recorded sentences of `corpus/teacher_manifest.jsonl` (none when absent), checked never to reach a student, dev or test set."
+    run_dir = Path(run_dir); c = run_dir/'corpus'
+    if not (c/'teacher_manifest.jsonl').exists(): return []
+    extra = read_manifest(c/'teacher_manifest.jsonl')
+    main = read_manifest(c/'manifest.jsonl')
+    held = read_manifest(c/'real_manifest.jsonl') if (c/'real_manifest.jsonl').exists() else []
+    ids, texts = {u.id for u in extra}, {u.text for u in extra}
+    if (both := ids & {u.id for u in main + held}): raise ValueError(f'{c/"teacher_manifest.jsonl"} repeats {len(both)} ids of the '
+                                                                     f'students\' or the real-speech manifests, e.g. {sorted(both)[:3]}')
+    if (both := texts & {u.text for u in held}): raise ValueError(f'{len(both)} sentences of the real-speech test set are in '
+                                                                  f'{c/"teacher_manifest.jsonl"}, e.g. {sorted(both)[:1]}')
+    s = read_splits(run_dir); spk = {u.id: u.speaker for u in main}
+    held_spk = {spk.get(i) for f in ('test_folds', 'dev_folds') for ids_ in (s.get(f) or {}).values() for i in ids_} - {None}
+    if (both := {u.speaker for u in extra} & held_spk):
+        raise ValueError(f'speakers {sorted(both)} of {c/"teacher_manifest.jsonl"} are in a dev or test fold of splits.json')
+    return extra
+
 # %% ../nbs/03_teacher.ipynb #h14x07
 def obtain_teacher(run_dir, # run directory (reads config.json, splits.json, corpus/manifest.jsonl)
                    device:str='cpu', progress:bool=True) -> tuple[Teacher, dict|None]:
     "(teacher, training record or None): the configured teacher, trained into `run_dir/teacher` when `source='train'`."
     run_dir = Path(run_dir); cfg = load_config(run_dir); tc = cfg.teacher
     if tc.source != 'train': return load_teacher(tc.source, tc.revision or None, device), None
-    tdir, man = run_dir/'teacher', run_dir/'corpus'/'manifest.jsonl'
+    tdir, man, tman = run_dir/'teacher', run_dir/'corpus'/'manifest.jsonl', run_dir/'corpus'/'teacher_manifest.jsonl'
     train_ids = read_splits(run_dir)['train']   # a clear error when stage 02_splits has not run
     seed = derive_seed(cfg.seed, 'teacher')
     fp = config_hash({'train': {k: getattr(tc, k) for k in _TRAIN_KEYS}, 'seed': seed, 'manifest': file_sha256(man),
-                      'train_ids': hashlib.sha256('\n'.join(train_ids).encode()).hexdigest()})
+                      'train_ids': hashlib.sha256('\n'.join(train_ids).encode()).hexdigest(),
+                      'teacher_only': file_sha256(tman) if tman.exists() else None})
     if (tdir/'training.json').exists() and read_json(tdir/'training.json').get('fingerprint') == fp:
         log.info('reusing the teacher trained earlier in %s', tdir)
         return load_teacher(str(tdir), device=device), read_json(tdir/'training.json')
     utts = {u.id: u for u in read_manifest(man)}
     missing = [i for i in train_ids if i not in utts]
     if missing: raise ValueError(f'{len(missing)} train ids of splits.json are not in {man}, e.g. {missing[:3]}')
-    waves = [decode_audio(utts[i].audio_filepath) for i in tqdm(train_ids, desc='reading train audio', disable=not progress, mininterval=5)]
+    extra = teacher_only_utterances(run_dir)
+    train = [utts[i] for i in train_ids] + extra
+    waves = [decode_audio(u.audio_filepath) for u in tqdm(train, desc='reading train audio', disable=not progress, mininterval=5)]
     model, vocab, blank = build_teacher_model(tc)
-    rec = train_ctc(model, waves, [utts[i].text for i in train_ids], vocab, blank, tc, seed, device, progress)
+    rec = train_ctc(model, waves, [u.text for u in train], vocab, blank, tc, seed, device, progress)
+    rec['teacher_only'] = {'utterances': len(extra), 'hours': round(sum(u.duration for u in extra) / 3600, 4),
+                           'students_pool_utterances': len(train_ids)}
     if tdir.exists(): shutil.rmtree(tdir)
     if isinstance(model, ConformerCTC): save_conformer(model.cpu(), vocab, blank, tdir)
     else: model.model.save_pretrained(tdir); model.processor.save_pretrained(tdir)

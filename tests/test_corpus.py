@@ -136,18 +136,21 @@ def test_festvox_reader_drops_stress_marks_and_counts_bad_lines(tmp_path):
 
 def test_held_out_split_is_seeded_and_never_trained_on(tmp_path):
     ids = [f'ru_{i:04d}' for i in range(1, 101)]
-    te, tr = split_real_sentences(ids, 20, 50, seed=7)
-    assert (te, tr) == split_real_sentences(ids, 20, 50, seed=7) and not set(te) & set(tr) and (len(te), len(tr)) == (20, 50)
+    te, tr, only = split_real_sentences(ids, 20, 50, seed=7, n_teacher=10)
+    assert (te, tr, only) == split_real_sentences(ids, 20, 50, seed=7, n_teacher=10) and (len(te), len(tr), len(only)) == (20, 50, 10)
+    assert not set(te) & set(tr) and not (set(te) | set(tr)) & set(only)
     assert split_real_sentences(ids, 20, 80, seed=7)[0] == te                       # more training sentences: the same test set
     assert split_real_sentences(ids, 20, 50, seed=8)[0] != te
-    cfg = fake_config(tmp_path)
+    cfg = fake_config(tmp_path, n_real_train=2, n_real_teacher=1)
     r1, r2 = real_speech_candidates(cfg), real_speech_candidates(cfg)
     assert [c['id'] for c in r1['test']] == [c['id'] for c in r2['test']]
     build_corpus(cfg, tmp_path/'run')
     main = read_manifest(tmp_path/'run'/'corpus'/'manifest.jsonl')
     real = read_manifest(tmp_path/'run'/'corpus'/'real_manifest.jsonl')
-    assert len(real) == 3 and not {u.id for u in real} & {u.id for u in main}
-    assert not {u.text for u in real} & {u.text for u in main}                       # no held-out sentence in the training pool
+    only = read_manifest(tmp_path/'run'/'corpus'/'teacher_manifest.jsonl')
+    assert len(real) == 3 and len(only) == 1 and not {u.id for u in real} & {u.id for u in main + only}
+    assert not {u.text for u in real} & {u.text for u in main + only}                # no held-out sentence in any training set
+    assert not {u.id for u in only} & {u.id for u in main}                           # teacher-only sentences are not the students'
 
 def test_absent_festvox_is_logged_and_the_corpus_is_synthetic(tmp_path, caplog):
     cfg = fake_config(tmp_path, real_speech_dir=str(tmp_path/'not-installed'))

@@ -46,5 +46,10 @@ def test_smoke_run_trains_on_recorded_speech_and_tests_on_held_out_sentences(smo
     assert 0 <= teacher['cer']['real'] and teacher['real_utterances'] == len(real)
     base = json.loads((run/'kd'/'baseline.json').read_text())
     assert base['real_speech']['utterances'] == len(real) and 0 <= base['real_speech']['cer']
+    only = read_manifest(run/'corpus'/'teacher_manifest.jsonl')                      # recorded sentences that train the teacher only
+    assert only and not {u.id for u in only} & set(text) and not {u.text for u in only} & {u.text for u in real}
+    assert teacher['training']['teacher_only'] == {'utterances': len(only), 'hours': round(sum(u.duration for u in only) / 3600, 4),
+                                                   'students_pool_utterances': len(splits['train'])}
+    assert not {u.id for u in only} & set(json.loads((run/'cache'/'index.json').read_text())['ids'])   # no student reads them
     card = json.loads((run/'corpus'/'card.json').read_text())
-    assert card['totals']['recorded']['utterances'] == len(recorded) + len(real)
+    assert card['totals']['recorded']['utterances'] == len(recorded) + len(real) + len(only)
