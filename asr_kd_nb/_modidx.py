@@ -330,6 +330,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'asr_kd_nb.datasize.kept_students': ('datasize.html#kept_students', 'asr_kd_nb/datasize.py'),
                                     'asr_kd_nb.datasize.live_searches': ('datasize.html#live_searches', 'asr_kd_nb/datasize.py'),
                                     'asr_kd_nb.datasize.plot_kept_curves': ('datasize.html#plot_kept_curves', 'asr_kd_nb/datasize.py'),
+                                    'asr_kd_nb.datasize.primary_budget_scored': ( 'datasize.html#primary_budget_scored',
+                                                                                  'asr_kd_nb/datasize.py'),
                                     'asr_kd_nb.datasize.score_sets': ('datasize.html#score_sets', 'asr_kd_nb/datasize.py'),
                                     'asr_kd_nb.datasize.synthetic_table_job': ( 'datasize.html#synthetic_table_job',
                                                                                 'asr_kd_nb/datasize.py'),

@@ -29,11 +29,11 @@ from .verdicts import (VerdictsConfig, analyse_table, verdict_text, plot_regret_
 
 # %% auto #0
 __all__ = ['log', 'TABLE_STUDY', 'FRAME_S', 'SCORE_COLUMNS', 'TABLE_SCHEMA', 'TABLE_COLUMNS', 'FIGURES', 'SETS_DRAWN',
-           'DatasizeConfig', 'table_seeds_drawn', 'table_cost', 'unit_hparams', 'table_panel', 'job_key', 'table_jobs',
-           'table_plan', 'AudioMeter', 'budget_marks', 'train_checkpoints', 'dev_folds_of', 'training_ids', 'eval_sets',
-           'score_sets', 'kd_table_job', 'synthetic_table_job', 'job_runner', 'train_and_score', 'enqueue_jobs',
-           'job_states', 'table_worker', 'table_frame', 'write_table', 'table_stage', 'table_facts', 'live_searches',
-           'kept_students', 'plot_kept_curves', 'analysis_figures', 'datasize_stage']
+           'DatasizeConfig', 'table_seeds_drawn', 'primary_budget_scored', 'table_cost', 'unit_hparams', 'table_panel',
+           'job_key', 'table_jobs', 'table_plan', 'AudioMeter', 'budget_marks', 'train_checkpoints', 'dev_folds_of',
+           'training_ids', 'eval_sets', 'score_sets', 'kd_table_job', 'synthetic_table_job', 'job_runner',
+           'train_and_score', 'enqueue_jobs', 'job_states', 'table_worker', 'table_frame', 'write_table', 'table_stage',
+           'table_facts', 'live_searches', 'kept_students', 'plot_kept_curves', 'analysis_figures', 'datasize_stage']
 
 # %% ../nbs/07_datasize.ipynb #c006
 log = logging.getLogger(__name__)
@@ -73,6 +73,14 @@ def table_seeds_drawn(cfg):
     "Every table seed is a subset seed of the splits: seed s trains on the subsets subset seed s drew."
     require(set(cfg.datasize.table_seeds) <= set(cfg.splits.subset_seeds), 'datasize.table_seeds', cfg.datasize.table_seeds,
             f'seeds of splits.subset_seeds={cfg.splits.subset_seeds}')
+
+@config_check
+def primary_budget_scored(cfg):
+    "The headline's budget (`verdicts.primary_budget`) is a checkpoint of the table, so the verdict is read where students were scored."
+    vc = getattr(cfg, 'verdicts', None)
+    if vc is None: return
+    require(float(vc.primary_budget) in cfg.datasize.checkpoints, 'verdicts.primary_budget', vc.primary_budget,
+            f'one of datasize.checkpoints={cfg.datasize.checkpoints}')
 
 # %% ../nbs/07_datasize.ipynb #c007b
 def table_cost(cfg, # a `StudyConfig`

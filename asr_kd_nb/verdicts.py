@@ -620,8 +620,9 @@ def plot_regret_cpu(summary:dict):
     ax.legend(); return fig
 
 def plot_verdict_grid(summary:dict):
-    "The verdict of every fraction at every budget (primary n), coloured, with the paired difference written in."
+    "The verdict of every fraction at every budget (primary n), coloured, with the paired difference written in; budgets where no student has started to learn hatched and marked †."
     from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Rectangle
     per = summary['per_fraction']
     fks = sorted(per, key=float, reverse=True); bs = summary['design']['budgets']
     code = {'within': 0, 'cannot tell': 1, 'worse': 2}
@@ -632,8 +633,12 @@ def plot_verdict_grid(summary:dict):
         for j, b in enumerate(bs):
             d = per[fk]['by_budget_diff'].get(f'{b:g}', {}).get('mean', float('nan'))
             ax.text(j, i, f"{per[fk]['by_budget'].get(f'{b:g}', '')}\n{d:+.3f}", ha='center', va='center', fontsize=8)
-    ax.set_xticks(range(len(bs)), [f'{b:g}×' for b in bs]); ax.set_yticks(range(len(fks)), [_pct(f) for f in fks])
-    ax.set(xlabel='training budget (multiple of the trial budget)', ylabel='data fraction',
+    un = set(unstarted_budgets(summary))
+    for j, b in enumerate(bs):
+        if float(b) in un: ax.add_patch(Rectangle((j - 0.5, -0.5), 1, len(fks), fill=False, hatch='//', edgecolor='#888888', lw=0))
+    ax.set_xticks(range(len(bs)), [f'{b:g}×' + (' †' if float(b) in un else '') for b in bs]); ax.set_yticks(range(len(fks)), [_pct(f) for f in fks])
+    ax.set(xlabel='training budget (multiple of the trial budget)' + ('\n† hatched: no student has started to learn here' if un else ''),
+           ylabel='data fraction',
            title=f"Verdicts at δ = {summary['margin']:.4f} CER, n = {summary['primary']['n']}")
     return fig
 
