@@ -296,7 +296,7 @@ FIGURE_CAPTIONS = {
     'pareto.png': "Smaller students: CER against parameters and CPU inference time; the front is what no other student beats on both.",
     'clustering_umap.png': "Speakers from their embeddings: UMAP of every utterance's speaker embedding, coloured by K-Means, by Birch and by "
                            "the true speaker; whole clusters are held out as test folds, so no test speaker is trained on.",
-    'teacher_cer.png': "The teacher's CER on each held-out speaker cluster, on the out-of-domain set and pooled over the test folds.",
+    'teacher_cer.png': "The teacher's CER on each held-out speaker cluster, on the out-of-domain set, on the real-speech test set (held-out recorded sentences, when the run has them) and pooled over the test folds.",
     'kd_baseline.png': "The KD baseline (the paper's 100 % configuration, scaled): its KD loss over training steps, and its CER against the "
                        "teacher's on each held-out cluster.",
 }

@@ -1,4 +1,4 @@
-"Bad input caught early, with a clear error that names the key (issue 11): one test per kind of bad input."
+"Bad input caught early, with a clear error that names the key: one test per kind of bad input."
 import io, json, os, re, socket, time
 from pathlib import Path
 import numpy as np, pytest, soundfile as sf
@@ -170,7 +170,7 @@ def test_readme_local_json_example_is_complete(tmp_path, clean_hub_env):
         for v in (sec.values() if isinstance(sec, dict) else []):
             if str(v).startswith(str(tmp_path)): Path(v).mkdir(parents=True)
     cfg = tmp_path/'local.json'; cfg.write_text(json.dumps(local))
-    # an empty model folder is no model: refused before stage 00, naming its key (issue 21)
+    # an empty model folder is no model: refused before stage 00, naming its key
     with pytest.raises(InvalidConfig, match='teacher.source=.*has no config.json'): build_config(None, cfg)
     from asr_kd_nb.teacher import make_w2v2
     from test_clustering import tiny_xvector_model

@@ -1,4 +1,4 @@
-"""Fail before the work, never after it (issue 21): every bad config of the issue's table is refused before stage 00 (exit 2,
+"""Fail before the work, never after it: every bad config of the table below is refused before stage 00 (exit 2,
 the key named, no run directory), the late-failure audit in the config chapter is the one the code makes, and one
 `asr-kd run` at a time holds a run directory."""
 import json, os, socket, subprocess, sys, time
@@ -23,7 +23,7 @@ def w2v2_teacher(path, stride=None):
     return str(path)
 
 
-# --- the issue's table: each refused before any stage, exit 2, the key named, no run directory
+# --- the table: each refused before any stage, exit 2, the key named, no run directory
 @pytest.mark.parametrize('name', ['seed', 'postgresql', 'empty-teacher', 'stride-10'])
 def test_late_failures_are_refused_before_stage_00(tmp_path, name):
     if name == 'seed': config, key = {'seed': -1}, 'seed=-1'
