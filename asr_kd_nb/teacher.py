@@ -58,7 +58,7 @@ class TeacherConfig:
     precision: str = 'auto'      # cache pass: 'auto' (on CUDA fp16 or bf16 when within tolerance of fp32, else fp32), 'fp32', 'fp16', 'bf16'
     threads: int = 0             # CPU threads for torch (0 = every core this process may use)
     presets: ClassVar[dict] = {
-        'default': {'hidden': 192, 'num_layers': 4, 'ffn_dim': 768, 'max_steps': 1500},   # ~21 min of the 60 on 2 cores; real prose is harder than commands
+        'default': {'hidden': 192, 'num_layers': 4, 'ffn_dim': 768, 'max_steps': 1500},   # 23 min of the 60 on 2 cores (measured); real prose is harder than commands
         'full': {'max_steps': 3000},
         'paper': {'source': PAPER_TEACHER, 'revision': PAPER_REVISION, 'eval_batch_size': 8},
     }
